@@ -1,0 +1,37 @@
+"""The evaluate flow: score the trained model on the whole val split, then record it (file + MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from gptlab.config import Config, load_config
+from gptlab.stages import Paths, record_evaluation, score
+
+
+@task(name="score-val-split", cache_policy=NONE)
+def score_task(cfg: Config, paths: Paths) -> dict[str, Any]:
+    return score(cfg, paths)
+
+
+@task(name="record-evaluation", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+def record_task(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
+    record_evaluation(cfg, paths, result)
+
+
+@flow(name="gptlab-evaluate")
+def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+    cfg = load_config(params, overrides or [])
+    paths = Paths(Path(params).parent)
+    result = score_task(cfg, paths)
+    record_task(cfg, paths, result)
+    return result
+
+
+if __name__ == "__main__":
+    from flows.common import main
+
+    main(evaluate_flow, __doc__)

@@ -1,0 +1,37 @@
+"""The generate flow: sample every prompt, then record the samples (files + MLflow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from gptlab.config import Config, load_config
+from gptlab.stages import Paths, record_samples, sample
+
+
+@task(name="sample-prompts", cache_policy=NONE)
+def sample_task(cfg: Config, paths: Paths) -> list[dict[str, Any]]:
+    return sample(cfg, paths)
+
+
+@task(name="record-samples", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+def record_task(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> None:
+    record_samples(cfg, paths, samples)
+
+
+@flow(name="gptlab-generate")
+def generate_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
+    cfg = load_config(params, overrides or [])
+    paths = Paths(Path(params).parent)
+    samples = sample_task(cfg, paths)
+    record_task(cfg, paths, samples)
+    return {"prompts": len(samples), "samples": sum(len(s["samples"]) for s in samples)}
+
+
+if __name__ == "__main__":
+    from flows.common import main
+
+    main(generate_flow, __doc__)

@@ -1,0 +1,172 @@
+"""``gptlab``: run one pipeline stage, inspect the config, promote a model, open the MLflow UI.
+
+Every stage command takes ``-S KEY=VALUE`` overrides in the syntax of ``dvc exp run -S`` (YAML values).
+Logging is configured here and nowhere else in the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gptlab.config import Config, ConfigError, load_config
+
+log = logging.getLogger("gptlab")
+
+STAGE_HELP = {
+    "download": "fetch the corpus named by data.source into data/raw/",
+    "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json)",
+    "train": "train the model → models/final/, MLflow run, registered version with alias `candidate`",
+    "evaluate": "val loss / perplexity over the whole val split + unigram floor → metrics/eval.json",
+    "generate": "samples for every prompt → samples/samples.{json,md}",
+    "report": "comparison table + loss curve → reports/",
+}
+
+EXIT_CONFIG, EXIT_FAILED = 2, 1
+
+
+def configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    logging.getLogger("gptlab").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", type=Path,
+                        help="params file; profiles/ beside it holds the overlays (default: params.yaml)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. -S train.max_iters=100 -S profile=demo (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.params, args.overrides)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from gptlab.checkpoint import CheckpointError
+    from gptlab.data.shards import ShardError
+    from gptlab.data.sources import SourceError
+    from gptlab.data.tokenizer import TokenizerUnavailable
+
+    errors: list[type[BaseException]] = [CheckpointError, ShardError, SourceError, TokenizerUnavailable,
+                                         FileNotFoundError, ValueError, RuntimeError]
+    if "gptlab.tracking" in sys.modules:
+        errors.insert(0, sys.modules["gptlab.tracking"].TrackingError)
+    return tuple(errors)
+
+
+def run_guarded(fn: Callable[[], Any]) -> int:
+    """Run ``fn``; a user-fixable error becomes one message on stderr and a non-zero exit code."""
+    try:
+        result = fn()
+    except ConfigError as e:
+        print(f"gptlab: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        print("gptlab: interrupted", file=sys.stderr)
+        return 130
+    except _known_errors() as e:
+        if os.environ.get("GPTLAB_TRACEBACK"):
+            raise
+        print(f"gptlab: {type(e).__name__}: {e}\n(set GPTLAB_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return EXIT_FAILED
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _stage(name: str, args: argparse.Namespace) -> Any:
+    from gptlab.stages import STAGES, Paths
+
+    cfg = config_from_args(args)
+    return STAGES[name](cfg, Paths(args.params.parent))
+
+
+def _show_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    cfg = config_from_args(args)
+    print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
+
+
+def _promote(args: argparse.Namespace) -> dict[str, str]:
+    from gptlab import tracking
+
+    cfg = config_from_args(args)
+    version = tracking.promote(
+        cfg.tracking.registered_model, alias=args.alias, version=args.version, source_alias=args.from_alias,
+        root=args.params.parent,
+    )
+    return {"model": cfg.tracking.registered_model, "version": version, "alias": args.alias,
+            "uri": f"models:/{cfg.tracking.registered_model}@{args.alias}"}
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from gptlab import tracking
+
+    cmd = tracking.ui_command(args.params.parent, host=args.host, port=args.port)
+    print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(cmd)})", file=sys.stderr)
+    os.execvp(cmd[0], cmd)
+    return 0  # not reached
+
+
+def _seed_tokenizer(args: argparse.Namespace) -> dict[str, str]:
+    from gptlab.data.tokenizer import get_encoding, seed_cache
+
+    target = seed_cache(args.source)
+    ids = get_encoding("gpt2").encode_ordinary("Hello world")
+    return {"cache_file": str(target), "check": f"'Hello world' -> {ids}"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gptlab",
+        description="Train a compact GPT-2-style model and measure it against GPT-2. "
+        "`dvc repro` runs every stage in order; these commands run one.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in STAGE_HELP.items():
+        p = sub.add_parser(name, help=text, description=text)
+        add_config_args(p)
+        p.set_defaults(func=lambda a, n=name: _stage(n, a))
+    p = sub.add_parser("config", help="print the resolved configuration (params.yaml + profile + -S)")
+    add_config_args(p)
+    p.set_defaults(func=_show_config)
+    p = sub.add_parser("promote", help="point a registry alias (default champion) at a model version")
+    add_config_args(p)
+    p.add_argument("--alias", default="champion", help="alias to set (default: champion)")
+    p.add_argument("--version", default=None, help="version to promote (default: the one --from-alias names)")
+    p.add_argument("--from-alias", default="candidate", help="alias whose version is promoted (default: candidate)")
+    p.set_defaults(func=_promote)
+    p = sub.add_parser("ui", help="start the MLflow UI over the project's tracking store")
+    add_config_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_ui)
+    p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines)")
+    p.add_argument("source", type=Path, help="a gpt2.tiktoken / r50k_base.tiktoken file, or the openai-whisper sdist")
+    p.set_defaults(func=_seed_tokenizer)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    return run_guarded(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,492 @@
+"""params.yaml → frozen, validated dataclasses. The only module that reads params.yaml.
+
+Resolution order, lowest to highest:
+
+1. ``params.yaml`` (the seed experiment, every key present),
+2. ``profiles/<profile>.yaml`` (a partial overlay selected by the top-level ``profile`` key),
+3. ``-S key=value`` overrides given to ``gptlab <stage>`` (the syntax of ``dvc exp run -S``).
+
+Every problem (unknown key, missing key, wrong type, impossible combination) is collected and raised
+once as a :class:`ConfigError`, before any stage does work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+GPT2_VOCAB = 50257  # GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
+SECTIONS = ("data", "tokenize", "model", "train", "eval", "generate", "tracking")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data``: which corpus the download stage fetches."""
+
+    source: str
+    """``hf:REPO[@REVISION]`` (a Hugging Face dataset of parquet files), ``local:PATH_OR_GLOB``
+    (txt / jsonl / parquet), or ``demo`` (CPython's bundled reference docs, offline)."""
+    text_field: str
+    """Column (parquet / hub) or key (jsonl) holding each document's text."""
+    max_docs: int | None
+    """Keep only the first N documents (quick real-data runs); null keeps all."""
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    """``tokenize``: BPE, the train/val split and the token files."""
+
+    tokenizer: Literal["gpt2"]
+    """GPT-2's byte-level BPE through tiktoken (50,257 ids, <|endoftext|> = 50256)."""
+    val_fraction: float
+    """Share of documents held out for validation (nanoGPT: 0.0005)."""
+    split_seed: int
+    """Seed of the document shuffle before the split (nanoGPT: 2357)."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the GPT architecture (nanoGPT / GPT-2 layout)."""
+
+    n_layer: int
+    """Transformer blocks."""
+    n_head: int
+    """Attention heads per block; must divide n_embd."""
+    n_embd: int
+    """Residual stream width."""
+    block_size: int
+    """Context length in tokens."""
+    vocab_size: int
+    """Embedding rows; GPT-2's 50257 padded up to a multiple of 64 for faster matmuls (nanoGPT)."""
+    dropout: float
+    """Dropout probability in attention, MLP and embeddings (0 for pretraining)."""
+    bias: bool
+    """Biases in Linear and LayerNorm layers (GPT-2: true; slightly better and faster: false)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: the optimisation loop."""
+
+    device: str
+    """``auto`` (cuda when present, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
+    dtype: Literal["auto", "float32", "bfloat16"]
+    """Autocast precision; ``auto`` is bfloat16 on CUDA and float32 on CPU."""
+    batch_size: int
+    """Sequences per micro-batch (per process)."""
+    grad_accum: int
+    """Micro-batches accumulated per optimizer step; batch_size × grad_accum = sequences per step."""
+    max_iters: int
+    """Optimizer steps."""
+    lr: float
+    """Peak learning rate, reached at the end of warmup."""
+    min_lr: float
+    """Learning rate at the end of the decay."""
+    lr_schedule: Literal["cosine", "linear"]
+    """Decay after warmup: cosine or linear, from lr down to min_lr at max_iters."""
+    warmup_iters: int
+    """Steps of linear warmup from 0 to lr."""
+    weight_decay: float
+    """AdamW decoupled weight decay, applied to ≥2-D weights only (not biases, LayerNorms)."""
+    beta1: float
+    """AdamW β1."""
+    beta2: float
+    """AdamW β2 (0.95 as GPT-3 / nanoGPT for stability at large batch)."""
+    grad_clip: float
+    """Clip the global gradient norm to this value; 0 disables."""
+    eval_interval: int
+    """Estimate val loss every N steps (and at the last step)."""
+    eval_iters: int
+    """Batches per periodic val-loss estimate (the evaluate stage scores the whole split)."""
+    log_interval: int
+    """Report train loss, lr and throughput every N steps."""
+    seed: int
+    """Seed of initialisation and batch sampling."""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``eval``: the evaluate stage."""
+
+    batch_size: int
+    """Windows per forward pass when scoring the val split."""
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """``generate``: sampling."""
+
+    prompts: tuple[str, ...]
+    """Prompts to continue; each gets num_samples samples."""
+    num_samples: int
+    """Samples per prompt."""
+    max_new_tokens: int
+    """Tokens generated per sample (sampling stops earlier at <|endoftext|>)."""
+    temperature: float
+    """Softmax temperature; 0 means greedy decoding."""
+    top_k: int
+    """Keep the k most likely tokens; 0 disables."""
+    top_p: float
+    """Nucleus sampling: keep the smallest set with cumulative probability ≥ top_p; 1.0 disables."""
+    seed: int
+    """Seed of the sampler (samples are reproducible)."""
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking``: MLflow names (the tracking URI comes from MLFLOW_TRACKING_URI or the embedded default)."""
+
+    experiment: str
+    """MLflow experiment that holds the runs."""
+    registered_model: str
+    """Registered model that receives a new version per training (alias ``candidate``)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved experiment."""
+
+    profile: str
+    data: DataConfig
+    tokenize: TokenizeConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    generate: GenerateConfig
+    tracking: TrackingConfig
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.train.grad_accum * self.model.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """``{"train.lr": 0.001, ...}``: the names used for MLflow params and ``-S`` overrides."""
+        return _flatten(self.to_dict())
+
+
+class ConfigError(ValueError):
+    """Every problem found in the configuration, one per line."""
+
+    def __init__(self, problems: list[str], source: str = "params.yaml"):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{len(problems)} problem(s) in the configuration ({source}):\n{lines}")
+
+
+# --------------------------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``6e-4`` as a float (YAML 1.2, as DVC does), not as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _read_yaml(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        data = parse_yaml(path.read_text())
+    except FileNotFoundError:
+        problems.append(f"{path} does not exist")
+        return None
+    except yaml.YAMLError as e:
+        problems.append(f"{path} is not valid YAML: {e}")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path} must be a mapping of sections, got {type(data).__name__}")
+        return None
+    return data
+
+
+# -------------------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.lr=3e-4"`` → ``("train.lr", 0.0003)``; the value is YAML, as in ``dvc exp run -S``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"override {text!r} is not KEY=VALUE (e.g. -S train.lr=3e-4)"], "-S")
+    try:
+        parsed = parse_yaml(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
+def _deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a field type; returns (ok, value converted to the field's type)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return True, None
+                continue
+            ok, converted = _coerce(value, arg)
+            if ok:
+                return True, converted
+        return False, value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            return False, value
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        items = [_coerce(v, item_tp) for v in value]
+        return all(ok for ok, _ in items), tuple(v for _, v in items)
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported config field type {tp!r}")  # a bug in this module, not user input
+
+
+def _build_section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"`{name}` must be a mapping of settings, got {raw!r}")
+        return None
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean `{name}.{close[0]}`?" if close else f"; known keys: {', '.join(known)}"
+            problems.append(f"`{name}.{key}` is not a setting{hint}")
+    values: dict[str, Any] = {}
+    for key in known:
+        tp = hints[key]
+        if key not in raw:
+            problems.append(f"`{name}.{key}` is missing: add it to params.yaml ({_type_name(tp)})")
+            continue
+        ok, converted = _coerce(raw[key], tp)
+        if not ok:
+            problems.append(f"`{name}.{key}` must be {_type_name(tp)}, got {raw[key]!r}")
+        values[key] = converted
+    if len(values) != len(known):
+        return None
+    return cls(**values)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "data": DataConfig,
+    "tokenize": TokenizeConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "generate": GenerateConfig,
+    "tracking": TrackingConfig,
+}
+_SOURCE_RE = re.compile(r"^(demo|hf:[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?|local:.+)$")
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _positive(cfg: Config, paths: list[str], problems: list[str], *, allow_zero: bool = False) -> None:
+    for path in paths:
+        section, key = path.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = "≥ 0" if allow_zero else "> 0"
+            problems.append(f"`{path}` must be {bound}, got {value}")
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    """Problems that involve more than one value (each with the fix)."""
+    p: list[str] = []
+    m, t, g = cfg.model, cfg.train, cfg.generate
+    if not _SOURCE_RE.match(cfg.data.source):
+        p.append(
+            f"`data.source` must be `demo`, `hf:OWNER/NAME[@REVISION]` or `local:PATH_OR_GLOB`, "
+            f"got {cfg.data.source!r}"
+        )
+    if cfg.data.max_docs is not None and cfg.data.max_docs <= 0:
+        p.append(f"`data.max_docs` must be > 0 or null (all documents), got {cfg.data.max_docs}")
+    if not 0.0 < cfg.tokenize.val_fraction < 1.0:
+        p.append(f"`tokenize.val_fraction` must be between 0 and 1, got {cfg.tokenize.val_fraction}")
+    _positive(cfg, ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size"], p)
+    if m.n_head > 0 and m.n_embd % m.n_head:
+        p.append(
+            f"`model.n_embd` ({m.n_embd}) must be divisible by `model.n_head` ({m.n_head}): "
+            f"pick n_head from {[h for h in range(1, 33) if m.n_embd % h == 0]}"
+        )
+    if m.vocab_size < GPT2_VOCAB:
+        p.append(f"`model.vocab_size` must be ≥ {GPT2_VOCAB} (the GPT-2 BPE), got {m.vocab_size}; use 50304")
+    if not 0.0 <= m.dropout < 1.0:
+        p.append(f"`model.dropout` must be in [0, 1), got {m.dropout}")
+    if not _DEVICE_RE.match(t.device):
+        p.append(f"`train.device` must be auto, cpu, mps, cuda or cuda:N, got {t.device!r}")
+    _positive(cfg, ["train.batch_size", "train.grad_accum", "train.max_iters", "train.lr"], p)
+    _positive(cfg, ["train.eval_interval", "train.eval_iters", "train.log_interval"], p)
+    _positive(cfg, ["train.warmup_iters", "train.min_lr", "train.weight_decay", "train.grad_clip"], p, allow_zero=True)
+    if t.min_lr > t.lr:
+        p.append(f"`train.min_lr` ({t.min_lr}) must not exceed `train.lr` ({t.lr})")
+    if t.warmup_iters > t.max_iters:
+        p.append(f"`train.warmup_iters` ({t.warmup_iters}) must not exceed `train.max_iters` ({t.max_iters})")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(t, key) < 1.0:
+            p.append(f"`train.{key}` must be in [0, 1), got {getattr(t, key)}")
+    _positive(cfg, ["eval.batch_size", "generate.num_samples", "generate.max_new_tokens"], p)
+    _positive(cfg, ["generate.temperature", "generate.top_k"], p, allow_zero=True)
+    if not g.prompts:
+        p.append("`generate.prompts` is empty: give at least one prompt")
+    if not 0.0 < g.top_p <= 1.0:
+        p.append(f"`generate.top_p` must be in (0, 1], got {g.top_p}")
+    if g.top_k > m.vocab_size:
+        p.append(f"`generate.top_k` ({g.top_k}) exceeds `model.vocab_size` ({m.vocab_size}); use 0 to disable")
+    return p
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def available_profiles(profiles_dir: Path) -> list[str]:
+    return sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+
+
+def load_config(params: str | Path = "params.yaml", overrides: typing.Sequence[str] = ()) -> Config:
+    """Read ``params.yaml``, overlay ``profiles/<profile>.yaml`` next to it, apply ``-S`` overrides.
+
+    Raises :class:`ConfigError` listing every problem at once.
+    """
+    params = Path(params)
+    problems: list[str] = []
+    base = _read_yaml(params, problems)
+    if base is None:
+        raise ConfigError(problems, str(params))
+
+    parsed: list[tuple[str, Any]] = []
+    for text in overrides:
+        try:
+            parsed.append(parse_override(text))
+        except ConfigError as e:
+            problems.extend(e.problems)
+    # `-S profile=…` chooses the overlay; every other override lands on top of it.
+    for key, value in parsed:
+        if key == "profile":
+            base["profile"] = value
+
+    profile = base.get("profile")
+    profiles_dir = params.parent / "profiles"
+    tree = {k: v for k, v in base.items()}
+    if not isinstance(profile, str) or not (profiles_dir / f"{profile}.yaml").is_file():
+        names = ", ".join(available_profiles(profiles_dir)) or f"none in {profiles_dir}"
+        problems.append(f"`profile` is {profile!r}, which has no profiles/{profile}.yaml; available: {names}")
+    else:
+        overlay = _read_yaml(profiles_dir / f"{profile}.yaml", problems)
+        if overlay is not None:
+            missing = [s for s in SECTIONS if s not in overlay]
+            if missing:
+                # DVC tracks each section of the overlay as a param; an absent section breaks `dvc repro`.
+                problems.append(
+                    f"profiles/{profile}.yaml lacks section(s) {', '.join(missing)}: add them as `{{}}` if empty"
+                )
+            extra = [s for s in overlay if s not in SECTIONS]
+            if extra:
+                problems.append(f"profiles/{profile}.yaml has unknown section(s) {', '.join(map(str, extra))}")
+            tree = _deep_merge(tree, {k: v or {} for k, v in overlay.items() if k in SECTIONS})
+
+    for key, value in parsed:
+        if key == "profile":
+            continue
+        section = key.split(".")[0]
+        if section not in SECTIONS or "." not in key:
+            problems.append(f"override `{key}` is not a setting: use SECTION.KEY with SECTION in {', '.join(SECTIONS)}")
+            continue
+        _set_path(tree, key, value)
+
+    unknown = [k for k in tree if k not in (*SECTIONS, "profile")]
+    for key in unknown:
+        problems.append(f"`{key}` is not a section; known: profile, {', '.join(SECTIONS)}")
+    built = {name: _build_section(name, cls, tree.get(name, {}), problems) for name, cls in _SECTION_TYPES.items()}
+    if problems or any(v is None for v in built.values()):
+        raise ConfigError(problems, str(params))
+    cfg = Config(profile=str(profile), **built)
+    problems = _cross_checks(cfg)
+    if problems:
+        raise ConfigError(problems, str(params))
+    return cfg
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """``replace(cfg, train={"max_iters": 10})``: a copy with some section fields changed (tests, tools)."""
+    sections = {
+        name: dataclasses.replace(getattr(cfg, name), **values) if isinstance(values, dict) else values
+        for name, values in changes.items()
+    }
+    return dataclasses.replace(cfg, **sections)

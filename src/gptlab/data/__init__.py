@@ -1,0 +1,1 @@
+"""Corpus download, GPT-2 tokenization into token shards, and batch loading."""

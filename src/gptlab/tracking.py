@@ -1,0 +1,309 @@
+"""MLflow: runs, params, buffered metrics, the generation pyfunc, the registry and its aliases.
+
+The only module that imports mlflow. The tracking store is ``MLFLOW_TRACKING_URI`` when set, else the
+embedded default: ``sqlite:///mlflow.db`` with artifacts in ``mlartifacts/``, both at the project root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pyfunc
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from gptlab.config import Config
+from gptlab.provenance import dvc_lock_hashes, git_state, package_versions
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "mlflow.db"
+ARTIFACT_DIR = "mlartifacts"
+CANDIDATE, CHAMPION = "candidate", "champion"
+MODEL_NAME = "model"  # the logged model's name inside a run
+
+
+class TrackingError(RuntimeError):
+    """A registry or run lookup that failed in a way the user can fix."""
+
+
+# --------------------------------------------------------------------------------------------- store
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / DB_FILE).resolve()}"
+
+
+def is_embedded(root: str | Path = ".") -> bool:
+    return "MLFLOW_TRACKING_URI" not in os.environ or tracking_uri(root).startswith("sqlite:")
+
+
+def configure(root: str | Path = ".") -> MlflowClient:
+    """Point MLflow (tracking and registry) at the project's store; returns a client for it."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(name: str, root: str | Path = ".") -> str:
+    client = configure(root)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        # Keep artifacts beside the embedded database rather than in a folder relative to each process's cwd.
+        location = (Path(root) / ARTIFACT_DIR).resolve().as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+class MlflowTracker:
+    """The training loop's tracker: buffers metrics and sends them in batches, so logging never stalls a step."""
+
+    def __init__(self, client: MlflowClient, run_id: str, *, flush_seconds: float = 5.0, max_buffer: int = 900):
+        self.client = client
+        self.run_id = run_id
+        self.flush_seconds = flush_seconds
+        self.max_buffer = max_buffer  # MLflow's log_batch accepts at most 1000 metrics per call
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        now_ms = int(time.time() * 1000)
+        self._buffer.extend(Metric(key, float(value), now_ms, step) for key, value in metrics.items())
+        if len(self._buffer) >= self.max_buffer or time.monotonic() - self._last_flush > self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        while self._buffer:
+            batch, self._buffer = self._buffer[: self.max_buffer], self._buffer[self.max_buffer :]
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        self._last_flush = time.monotonic()
+
+
+def run_tags(cfg: Config, stage: str, root: str | Path = ".") -> dict[str, str]:
+    git = git_state(root)
+    tags = {
+        "gptlab.stage": stage,
+        "gptlab.profile": cfg.profile,
+        "mlflow.source.git.commit": git["sha"] or "unknown",
+        "gptlab.git_dirty": str(git["dirty"]).lower(),
+    }
+    for key, digest in dvc_lock_hashes(root, stage="tokenize").items():
+        tags[f"dvc.{key}"] = digest
+    for name, version in package_versions().items():
+        tags[f"gptlab.version.{name}"] = version
+    return tags
+
+
+@contextlib.contextmanager
+def training_run(cfg: Config, *, root: str | Path = ".", extra_tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
+    """Start the run that a training writes to: every param under its params.yaml path, provenance tags."""
+    client = configure(root)
+    exp = experiment_id(cfg.tracking.experiment, root)
+    run = client.create_run(exp, tags={**run_tags(cfg, "train", root), **(extra_tags or {})}, run_name=None)
+    tracker = MlflowTracker(client, run.info.run_id)
+    params = {key: str(value) for key, value in {"profile": cfg.profile, **cfg.flat()}.items()}
+    items = list(params.items())
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i : i + 100]])
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        with contextlib.suppress(Exception):
+            tracker.flush()
+        client.set_terminated(run.info.run_id, status=status)
+
+
+@contextlib.contextmanager
+def attach(run_id: str | None, cfg: Config, stage: str, *, root: str | Path = ".") -> Iterator[str]:
+    """Reopen the training run (evaluate, generate and report add to it); a new run if it is gone."""
+    client = configure(root)
+    if run_id:
+        try:
+            client.get_run(run_id)
+        except MlflowException:
+            log.warning("MLflow run %s is not in %s; logging %s to a new run", run_id, tracking_uri(root), stage)
+            run_id = None
+    if run_id is None:
+        exp = experiment_id(cfg.tracking.experiment, root)
+        run_id = client.create_run(exp, tags=run_tags(cfg, stage, root)).info.run_id
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tag(f"gptlab.stage.{stage}", "done")
+        yield run_id
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifacts(*paths: str | Path, artifact_path: str | None = None) -> None:
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        elif path.is_file():
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class GenerationModel(mlflow.pyfunc.PythonModel):
+    """pyfunc: a column ``prompt`` of strings → a column ``text`` of continuations.
+
+    Sampling settings are optional inference params: max_new_tokens, temperature, top_k, top_p, seed.
+    """
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        import torch
+
+        from gptlab.checkpoint import load_model
+        from gptlab.data.tokenizer import encoding_from_file
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model, ckpt = load_model(context.artifacts["checkpoint"], device=device)
+        self.encoding = encoding_from_file(context.artifacts["tokenizer"])
+        self.defaults = ckpt.meta.get("config", {}).get("generate", {})
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
+
+        from gptlab.generate import Sampling, generate_text
+
+        if isinstance(model_input, pd.DataFrame):
+            prompts = model_input["prompt"].astype(str).tolist()
+        elif isinstance(model_input, str):
+            prompts = [model_input]
+        else:
+            prompts = [str(p) for p in model_input]
+        p = {**self.defaults, **(params or {})}
+        sampling = Sampling(
+            max_new_tokens=int(p.get("max_new_tokens", 64)),
+            temperature=float(p.get("temperature", 0.8)),
+            top_k=int(p.get("top_k", 200)),
+            top_p=float(p.get("top_p", 1.0)),
+        )
+        seed = int(p.get("seed", 1337))
+        texts = [
+            generate_text(self.model, self.encoding, prompt, num_samples=1, sampling=sampling, seed=seed + i)[0]
+            for i, prompt in enumerate(prompts)
+        ]
+        return pd.DataFrame({"text": texts})
+
+
+def _signature(cfg: Config) -> ModelSignature:
+    g = cfg.generate
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "prompt")]),
+        outputs=Schema([ColSpec("string", "text")]),
+        params=ParamSchema(
+            [
+                ParamSpec("max_new_tokens", "long", g.max_new_tokens),
+                ParamSpec("temperature", "double", g.temperature),
+                ParamSpec("top_k", "long", g.top_k),
+                ParamSpec("top_p", "double", g.top_p),
+                ParamSpec("seed", "long", g.seed),
+            ]
+        ),
+    )
+
+
+def _requirements() -> list[str]:
+    """Exact versions of what the pyfunc imports (explicit: MLflow's inference is slow and guesses)."""
+    versions = package_versions()
+    names = ("torch", "numpy", "tiktoken", "safetensors", "pandas", "mlflow")
+    return [f"{name}=={versions[name].split('+')[0]}" for name in names]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def log_and_register(
+    cfg: Config, *, run_id: str, checkpoint_dir: str | Path, tokenizer_file: str | Path, root: str | Path = "."
+) -> RegisteredVersion:
+    """Log the checkpoint as a generation pyfunc in ``run_id`` and register it with alias ``candidate``."""
+    client = configure(root)
+    import gptlab
+
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME,
+            python_model=GenerationModel(),
+            artifacts={"checkpoint": str(checkpoint_dir), "tokenizer": str(tokenizer_file)},
+            code_paths=[str(Path(gptlab.__file__).parent)],  # self-contained: loads where gptlab is not installed
+            signature=_signature(cfg),
+            pip_requirements=_requirements(),
+        )
+    version = mlflow.register_model(info.model_uri, cfg.tracking.registered_model, await_registration_for=60)
+    client.set_registered_model_alias(cfg.tracking.registered_model, CANDIDATE, version.version)
+    client.set_model_version_tag(cfg.tracking.registered_model, version.version, "gptlab.profile", cfg.profile)
+    log.info("registered %s version %s (alias %s)", cfg.tracking.registered_model, version.version, CANDIDATE)
+    return RegisteredVersion(cfg.tracking.registered_model, version.version, run_id, info.model_uri)
+
+
+def versions_of_run(name: str, run_id: str, root: str | Path = ".") -> list[str]:
+    client = configure(root)
+    return [v.version for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")]
+
+
+def tag_versions_of_run(name: str, run_id: str, tags: dict[str, Any], root: str | Path = ".") -> None:
+    client = configure(root)
+    for version in versions_of_run(name, run_id, root):
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, str(value))
+
+
+def promote(name: str, *, alias: str = CHAMPION, version: str | None = None, source_alias: str = CANDIDATE,
+            root: str | Path = ".") -> str:
+    """Point ``alias`` at ``version`` (default: the version that ``source_alias`` points to); returns it."""
+    client = configure(root)
+    try:
+        if version is None:
+            version = client.get_model_version_by_alias(name, source_alias).version
+        else:
+            client.get_model_version(name, version)
+    except MlflowException as e:
+        have = [f"{v.version} ({', '.join(v.aliases) or 'no alias'})" for v in client.search_model_versions(f"name='{name}'")]
+        raise TrackingError(
+            f"cannot promote {name} {'version ' + version if version else '@' + source_alias}: {e.message}. "
+            f"Versions in {tracking_uri(root)}: {', '.join(have) or 'none (run the pipeline first)'}"
+        ) from e
+    client.set_registered_model_alias(name, alias, version)
+    client.set_model_version_tag(name, version, f"gptlab.promoted.{alias}", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    return version
+
+
+def load_pyfunc(uri: str, root: str | Path = ".") -> mlflow.pyfunc.PyFuncModel:
+    configure(root)
+    return mlflow.pyfunc.load_model(uri)
+
+
+def ui_command(root: str | Path = ".", *, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command over the project's store, bound to loopback unless told otherwise."""
+    cmd = ["mlflow", "ui", "--backend-store-uri", tracking_uri(root), "--host", host, "--port", str(port)]
+    if is_embedded(root):
+        cmd += ["--default-artifact-root", (Path(root) / ARTIFACT_DIR).resolve().as_uri()]
+    return cmd
