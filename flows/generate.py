@@ -9,7 +9,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from gptlab.config import Config, load_config
-from gptlab.stages import Paths, record_samples, sample
+from gptlab.stages import Paths, record_samples, sample, samples_summary
 
 
 @task(name="sample-prompts", cache_policy=NONE)
@@ -28,7 +28,7 @@ def generate_flow(params: str = "params.yaml", overrides: list[str] | None = Non
     paths = Paths(Path(params).parent)
     samples = sample_task(cfg, paths)
     record_task(cfg, paths, samples)
-    return {"prompts": len(samples), "samples": sum(len(s["samples"]) for s in samples)}
+    return samples_summary(samples)
 
 
 if __name__ == "__main__":

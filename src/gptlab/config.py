@@ -105,7 +105,8 @@ class TrainConfig:
     eval_interval: int
     """Estimate val loss every N steps (and at the last step)."""
     eval_iters: int
-    """Batches per periodic val-loss estimate (the evaluate stage scores the whole split)."""
+    """Batches of val windows per periodic val-loss estimate; the windows sit at evenly spaced offsets across
+    the val split and are the same at every eval (the evaluate stage scores the whole split)."""
     log_interval: int
     """Report train loss, lr and throughput every N steps."""
     seed: int
@@ -338,9 +339,10 @@ def _build_section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
         ok, converted = _coerce(raw[key], tp)
         if not ok:
             problems.append(f"`{name}.{key}` must be {_type_name(tp)}, got {raw[key]!r}")
-        values[key] = converted
+        else:
+            values[key] = converted
     if len(values) != len(known):
-        return None
+        return None  # unknown keys alone still build the section, so its values get checked too
     return cls(**values)
 
 
@@ -357,29 +359,27 @@ _SOURCE_RE = re.compile(r"^(demo|hf:[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?|local:.+)$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
-def _positive(cfg: Config, paths: list[str], problems: list[str], *, allow_zero: bool = False) -> None:
-    for path in paths:
-        section, key = path.split(".")
-        value = getattr(getattr(cfg, section), key)
+def _bounds(section: str, obj: Any, keys: list[str], problems: list[str], *, allow_zero: bool = False) -> None:
+    for key in keys:
+        value = getattr(obj, key)
         if value < 0 or (value == 0 and not allow_zero):
-            bound = "≥ 0" if allow_zero else "> 0"
-            problems.append(f"`{path}` must be {bound}, got {value}")
+            problems.append(f"`{section}.{key}` must be {'≥ 0' if allow_zero else '> 0'}, got {value}")
 
 
-def _cross_checks(cfg: Config) -> list[str]:
-    """Problems that involve more than one value (each with the fix)."""
-    p: list[str] = []
-    m, t, g = cfg.model, cfg.train, cfg.generate
-    if not _SOURCE_RE.match(cfg.data.source):
-        p.append(
-            f"`data.source` must be `demo`, `hf:OWNER/NAME[@REVISION]` or `local:PATH_OR_GLOB`, "
-            f"got {cfg.data.source!r}"
-        )
-    if cfg.data.max_docs is not None and cfg.data.max_docs <= 0:
-        p.append(f"`data.max_docs` must be > 0 or null (all documents), got {cfg.data.max_docs}")
-    if not 0.0 < cfg.tokenize.val_fraction < 1.0:
-        p.append(f"`tokenize.val_fraction` must be between 0 and 1, got {cfg.tokenize.val_fraction}")
-    _positive(cfg, ["model.n_layer", "model.n_head", "model.n_embd", "model.block_size"], p)
+def _check_data(d: DataConfig, p: list[str]) -> None:
+    if not _SOURCE_RE.match(d.source):
+        p.append(f"`data.source` must be `demo`, `hf:OWNER/NAME[@REVISION]` or `local:PATH_OR_GLOB`, got {d.source!r}")
+    if d.max_docs is not None and d.max_docs <= 0:
+        p.append(f"`data.max_docs` must be > 0 or null (all documents), got {d.max_docs}")
+
+
+def _check_tokenize(k: TokenizeConfig, p: list[str]) -> None:
+    if not 0.0 < k.val_fraction < 1.0:
+        p.append(f"`tokenize.val_fraction` must be between 0 and 1, got {k.val_fraction}")
+
+
+def _check_model(m: ModelConfig, p: list[str]) -> None:
+    _bounds("model", m, ["n_layer", "n_head", "n_embd", "block_size"], p)
     if m.n_head > 0 and m.n_embd % m.n_head:
         p.append(
             f"`model.n_embd` ({m.n_embd}) must be divisible by `model.n_head` ({m.n_head}): "
@@ -389,11 +389,13 @@ def _cross_checks(cfg: Config) -> list[str]:
         p.append(f"`model.vocab_size` must be ≥ {GPT2_VOCAB} (the GPT-2 BPE), got {m.vocab_size}; use 50304")
     if not 0.0 <= m.dropout < 1.0:
         p.append(f"`model.dropout` must be in [0, 1), got {m.dropout}")
+
+
+def _check_train(t: TrainConfig, p: list[str]) -> None:
     if not _DEVICE_RE.match(t.device):
         p.append(f"`train.device` must be auto, cpu, mps, cuda or cuda:N, got {t.device!r}")
-    _positive(cfg, ["train.batch_size", "train.grad_accum", "train.max_iters", "train.lr"], p)
-    _positive(cfg, ["train.eval_interval", "train.eval_iters", "train.log_interval"], p)
-    _positive(cfg, ["train.warmup_iters", "train.min_lr", "train.weight_decay", "train.grad_clip"], p, allow_zero=True)
+    _bounds("train", t, ["batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters", "log_interval"], p)
+    _bounds("train", t, ["warmup_iters", "min_lr", "weight_decay", "grad_clip"], p, allow_zero=True)
     if t.min_lr > t.lr:
         p.append(f"`train.min_lr` ({t.min_lr}) must not exceed `train.lr` ({t.lr})")
     if t.warmup_iters > t.max_iters:
@@ -401,15 +403,45 @@ def _cross_checks(cfg: Config) -> list[str]:
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(t, key) < 1.0:
             p.append(f"`train.{key}` must be in [0, 1), got {getattr(t, key)}")
-    _positive(cfg, ["eval.batch_size", "generate.num_samples", "generate.max_new_tokens"], p)
-    _positive(cfg, ["generate.temperature", "generate.top_k"], p, allow_zero=True)
+
+
+def _check_eval(e: EvalConfig, p: list[str]) -> None:
+    _bounds("eval", e, ["batch_size"], p)
+
+
+def _check_generate(g: GenerateConfig, p: list[str]) -> None:
+    _bounds("generate", g, ["num_samples", "max_new_tokens"], p)
+    _bounds("generate", g, ["temperature", "top_k"], p, allow_zero=True)
     if not g.prompts:
         p.append("`generate.prompts` is empty: give at least one prompt")
     if not 0.0 < g.top_p <= 1.0:
         p.append(f"`generate.top_p` must be in (0, 1], got {g.top_p}")
+
+
+def _check_generate_model(g: GenerateConfig, m: ModelConfig, p: list[str]) -> None:
     if g.top_k > m.vocab_size:
         p.append(f"`generate.top_k` ({g.top_k}) exceeds `model.vocab_size` ({m.vocab_size}); use 0 to disable")
-    return p
+
+
+# Checks on values, each run when the sections it reads were read without type errors, so one pass
+# reports type problems and value problems together.
+_CHECKS: list[tuple[tuple[str, ...], Any]] = [
+    (("data",), _check_data),
+    (("tokenize",), _check_tokenize),
+    (("model",), _check_model),
+    (("train",), _check_train),
+    (("eval",), _check_eval),
+    (("generate",), _check_generate),
+    (("generate", "model"), _check_generate_model),
+]
+
+
+def _value_checks(sections: dict[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for needs, check in _CHECKS:
+        if all(sections.get(name) is not None for name in needs):
+            check(*(sections[name] for name in needs), problems)
+    return problems
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -474,13 +506,10 @@ def load_config(params: str | Path = "params.yaml", overrides: typing.Sequence[s
     for key in unknown:
         problems.append(f"`{key}` is not a section; known: profile, {', '.join(SECTIONS)}")
     built = {name: _build_section(name, cls, tree.get(name, {}), problems) for name, cls in _SECTION_TYPES.items()}
-    if problems or any(v is None for v in built.values()):
-        raise ConfigError(problems, str(params))
-    cfg = Config(profile=str(profile), **built)
-    problems = _cross_checks(cfg)
+    problems += _value_checks(built)
     if problems:
         raise ConfigError(problems, str(params))
-    return cfg
+    return Config(profile=str(profile), **built)
 
 
 def replace(cfg: Config, **changes: Any) -> Config:

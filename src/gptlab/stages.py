@@ -224,10 +224,14 @@ def record_samples(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> 
         tracking.log_artifacts(paths.samples / "samples.json", paths.samples / "samples.md", artifact_path="samples")
 
 
+def samples_summary(samples: list[dict[str, Any]]) -> dict[str, int]:
+    return {"prompts": len(samples), "samples": sum(len(s["samples"]) for s in samples)}
+
+
 def generate(cfg: Config, paths: Paths) -> dict[str, Any]:
     samples = sample(cfg, paths)
     record_samples(cfg, paths, samples)
-    return {"prompts": len(samples), "samples": sum(len(s["samples"]) for s in samples)}
+    return samples_summary(samples)
 
 
 def report(cfg: Config, paths: Paths) -> dict[str, Any]:

@@ -19,9 +19,7 @@ import mlflow
 import mlflow.pyfunc
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from gptlab.config import Config
 from gptlab.provenance import dvc_lock_hashes, git_state, package_versions
@@ -41,17 +39,23 @@ class TrackingError(RuntimeError):
 # --------------------------------------------------------------------------------------------- store
 
 
+def default_uri(root: str | Path = ".") -> str:
+    return f"sqlite:///{(Path(root) / DB_FILE).resolve()}"
+
+
 def tracking_uri(root: str | Path = ".") -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root) / DB_FILE).resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri(root)
 
 
 def is_embedded(root: str | Path = ".") -> bool:
-    return "MLFLOW_TRACKING_URI" not in os.environ or tracking_uri(root).startswith("sqlite:")
+    """True when runs go to the project's own sqlite store (mlflow.set_tracking_uri also sets the env var)."""
+    return tracking_uri(root) == default_uri(root)
 
 
 def configure(root: str | Path = ".") -> MlflowClient:
     """Point MLflow (tracking and registry) at the project's store; returns a client for it."""
     uri = tracking_uri(root)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # progress bars flood stage logs
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -63,7 +67,7 @@ def experiment_id(name: str, root: str | Path = ".") -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
+    if is_embedded(root):
         # Keep artifacts beside the embedded database rather than in a folder relative to each process's cwd.
         location = (Path(root) / ARTIFACT_DIR).resolve().as_uri()
     return client.create_experiment(name, artifact_location=location)
@@ -167,9 +171,10 @@ def log_artifacts(*paths: str | Path, artifact_path: str | None = None) -> None:
 
 
 class GenerationModel(mlflow.pyfunc.PythonModel):
-    """pyfunc: a column ``prompt`` of strings → a column ``text`` of continuations.
+    """pyfunc: a list of prompts → a list of continuations (the prompt is not repeated).
 
-    Sampling settings are optional inference params: max_new_tokens, temperature, top_k, top_p, seed.
+    Sampling settings are optional inference params (max_new_tokens, temperature, top_k, top_p, seed);
+    their defaults are the ``generate`` section the model was trained with.
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
@@ -181,49 +186,24 @@ class GenerationModel(mlflow.pyfunc.PythonModel):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model, ckpt = load_model(context.artifacts["checkpoint"], device=device)
         self.encoding = encoding_from_file(context.artifacts["tokenizer"])
-        self.defaults = ckpt.meta.get("config", {}).get("generate", {})
+        g = ckpt.meta["config"]["generate"]
+        self.defaults = {k: g[k] for k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd
-
+    def predict(self, context: Any, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
         from gptlab.generate import Sampling, generate_text
 
-        if isinstance(model_input, pd.DataFrame):
-            prompts = model_input["prompt"].astype(str).tolist()
-        elif isinstance(model_input, str):
-            prompts = [model_input]
-        else:
-            prompts = [str(p) for p in model_input]
         p = {**self.defaults, **(params or {})}
         sampling = Sampling(
-            max_new_tokens=int(p.get("max_new_tokens", 64)),
-            temperature=float(p.get("temperature", 0.8)),
-            top_k=int(p.get("top_k", 200)),
-            top_p=float(p.get("top_p", 1.0)),
+            max_new_tokens=int(p["max_new_tokens"]),
+            temperature=float(p["temperature"]),
+            top_k=int(p["top_k"]),
+            top_p=float(p["top_p"]),
         )
-        seed = int(p.get("seed", 1337))
-        texts = [
+        seed = int(p["seed"])
+        return [
             generate_text(self.model, self.encoding, prompt, num_samples=1, sampling=sampling, seed=seed + i)[0]
-            for i, prompt in enumerate(prompts)
+            for i, prompt in enumerate(model_input)
         ]
-        return pd.DataFrame({"text": texts})
-
-
-def _signature(cfg: Config) -> ModelSignature:
-    g = cfg.generate
-    return ModelSignature(
-        inputs=Schema([ColSpec("string", "prompt")]),
-        outputs=Schema([ColSpec("string", "text")]),
-        params=ParamSchema(
-            [
-                ParamSpec("max_new_tokens", "long", g.max_new_tokens),
-                ParamSpec("temperature", "double", g.temperature),
-                ParamSpec("top_k", "long", g.top_k),
-                ParamSpec("top_p", "double", g.top_p),
-                ParamSpec("seed", "long", g.seed),
-            ]
-        ),
-    )
 
 
 def _requirements() -> list[str]:
@@ -248,25 +228,30 @@ def log_and_register(
     client = configure(root)
     import gptlab
 
+    g = cfg.generate
+    params = {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature, "top_k": g.top_k,
+              "top_p": g.top_p, "seed": g.seed}
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME,
-            python_model=GenerationModel(),
+            python_model=str(Path(gptlab.__file__).parent / "pyfunc_model.py"),  # models from code: no pickle
             artifacts={"checkpoint": str(checkpoint_dir), "tokenizer": str(tokenizer_file)},
             code_paths=[str(Path(gptlab.__file__).parent)],  # self-contained: loads where gptlab is not installed
-            signature=_signature(cfg),
+            # The signature comes from predict's type hints (list[str] → list[str]) and this example, whose
+            # params become the inference params' defaults; MLflow also saves it as serving_input_example.json.
+            input_example=([g.prompts[0]], params),
             pip_requirements=_requirements(),
         )
     version = mlflow.register_model(info.model_uri, cfg.tracking.registered_model, await_registration_for=60)
     client.set_registered_model_alias(cfg.tracking.registered_model, CANDIDATE, version.version)
     client.set_model_version_tag(cfg.tracking.registered_model, version.version, "gptlab.profile", cfg.profile)
     log.info("registered %s version %s (alias %s)", cfg.tracking.registered_model, version.version, CANDIDATE)
-    return RegisteredVersion(cfg.tracking.registered_model, version.version, run_id, info.model_uri)
+    return RegisteredVersion(cfg.tracking.registered_model, str(version.version), run_id, info.model_uri)
 
 
 def versions_of_run(name: str, run_id: str, root: str | Path = ".") -> list[str]:
     client = configure(root)
-    return [v.version for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")]
+    return [str(v.version) for v in client.search_model_versions(f"name='{name}' and run_id='{run_id}'")]
 
 
 def tag_versions_of_run(name: str, run_id: str, tags: dict[str, Any], root: str | Path = ".") -> None:
@@ -282,7 +267,7 @@ def promote(name: str, *, alias: str = CHAMPION, version: str | None = None, sou
     client = configure(root)
     try:
         if version is None:
-            version = client.get_model_version_by_alias(name, source_alias).version
+            version = str(client.get_model_version_by_alias(name, source_alias).version)
         else:
             client.get_model_version(name, version)
     except MlflowException as e:

@@ -17,7 +17,7 @@ import torch
 
 from gptlab.checkpoint import Checkpoint, save_checkpoint
 from gptlab.config import Config, TrainConfig
-from gptlab.data.loader import RandomWindows, TokenSet
+from gptlab.data.loader import RandomWindows, TokenSet, spread_windows, to_device, val_tokens
 from gptlab.model import GPT
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def seed_everything(seed: int) -> None:
 
 @torch.no_grad()
 def estimate_val_loss(model: GPT, windows: list[tuple[torch.Tensor, torch.Tensor]], ctx) -> float:
-    """Mean loss over a fixed set of val windows (the same at every eval, so the curve has no sampling noise)."""
+    """Mean loss over a fixed set of val windows (the same at every eval)."""
     model.eval()
     losses = []
     for x, y in windows:
@@ -144,10 +144,11 @@ def train(
     train_batches = RandomWindows(
         tokens.paths("train"), block_size=cfg.model.block_size, batch_size=t.batch_size, seed=t.seed
     )
-    val_sampler = RandomWindows(
-        tokens.paths("val"), block_size=cfg.model.block_size, batch_size=t.batch_size, seed=t.seed + 1
-    )
-    val_windows = [val_sampler.next(device) for _ in range(t.eval_iters)]
+    vx, vy = spread_windows(val_tokens(tokens), block_size=cfg.model.block_size, count=t.eval_iters * t.batch_size)
+    val_windows = [
+        (to_device(vx[i : i + t.batch_size], device), to_device(vy[i : i + t.batch_size], device))
+        for i in range(0, len(vx), t.batch_size)
+    ]
     log.info(
         "train: %.2fM parameters, %d tokens per step, %d steps on %s (%s)",
         model.num_params() / 1e6, cfg.tokens_per_step, t.max_iters, device, str(dtype).removeprefix("torch."),

@@ -47,7 +47,7 @@ class TokenSet:
         return np.load(self.root / "unigram_counts.npy")
 
 
-def _to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
     t = torch.from_numpy(x.astype(np.int64))
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)
@@ -89,7 +89,7 @@ class RandomWindows:
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.next_numpy()
-        return _to_device(x, device), _to_device(y, device)
+        return to_device(x, device), to_device(y, device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
@@ -115,6 +115,16 @@ def sequential_windows(
     if len(full) < len(starts):
         tail = np.asarray(tokens[starts[-1] : n])[None, :]
         yield tail[:, :-1], tail[:, 1:]
+
+
+def spread_windows(tokens: np.ndarray, *, block_size: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` windows at evenly spaced offsets across ``tokens``: a fixed, representative sample of a split
+    (periodic val-loss estimates use the same windows every time, so the curve carries no sampling noise)."""
+    if len(tokens) <= block_size:
+        raise ShardError(f"{len(tokens)} tokens cannot fill one window of model.block_size={block_size}: {FIX}")
+    starts = np.linspace(0, len(tokens) - block_size - 1, num=count).astype(np.int64)
+    rows = np.stack([np.asarray(tokens[s : s + block_size + 1]) for s in starts])
+    return rows[:, :-1], rows[:, 1:]
 
 
 def val_tokens(token_set: TokenSet) -> np.ndarray:

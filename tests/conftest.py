@@ -1,0 +1,94 @@
+"""Shared fixtures: an isolated, offline environment; GPT-2's real BPE from a registry package; tiny data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gptlab.config import Config, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+BPE_ARCHIVE = REPO / ".cache" / "pkgs" / "openai_whisper-20250625.tar.gz"
+
+# Tiny enough that a training run takes seconds on 2 CPU cores, big enough to beat the unigram floor.
+TINY = [
+    "tokenize.val_fraction=0.1", "model.n_layer=1", "model.n_head=2", "model.n_embd=32", "model.block_size=32",
+    "train.device=cpu", "train.dtype=float32", "train.batch_size=4", "train.grad_accum=2",
+    "train.max_iters=80", "train.warmup_iters=4", "train.lr=1e-2", "train.min_lr=1e-3",
+    "train.eval_interval=20", "train.eval_iters=2", "train.log_interval=10",
+    "eval.batch_size=64", "generate.max_new_tokens=12", "generate.num_samples=2",
+]
+
+
+@pytest.fixture(scope="session")
+def bpe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiktoken cache holding GPT-2's real BPE, seeded from the openai-whisper sdist (PyPI), never the net."""
+    source = Path(os.environ.get("GPTLAB_BPE_SOURCE", BPE_ARCHIVE))
+    if not source.is_file():
+        pytest.fail(f"{source} is missing: run `make tokenizer` (downloads the openai-whisper sdist from PyPI)")
+    cache = tmp_path_factory.mktemp("tiktoken")
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(cache)
+    from gptlab.data.tokenizer import seed_cache
+
+    seed_cache(source)
+    return cache
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is written outside temp dirs and nothing waits on the network."""
+    home = tmp_path_factory.getbasetemp() / "home"
+    home.mkdir(exist_ok=True)
+    for key, value in {
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "DVC_SITE_CACHE_DIR": str(home / "dvc-site"),
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(home / "hf"),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "GIT_CONFIG_GLOBAL": str(home / "gitconfig"),
+        "GIT_AUTHOR_NAME": "gptlab tests", "GIT_AUTHOR_EMAIL": "tests@gptlab.invalid",
+        "GIT_COMMITTER_NAME": "gptlab tests", "GIT_COMMITTER_EMAIL": "tests@gptlab.invalid",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+
+
+def committed_params() -> str:
+    """params.yaml as committed: `make demo` (dvc exp run -S profile=demo) leaves the workspace copy on demo."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+    return shown.stdout if shown.returncode == 0 else (REPO / "params.yaml").read_text()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """The committed params.yaml and profiles/ in a temp dir (the stages' working directory)."""
+    (tmp_path / "params.yaml").write_text(committed_params())
+    shutil.copytree(REPO / "profiles", tmp_path / "profiles")
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_cfg(project: Path) -> Config:
+    return load_config(project / "params.yaml", ["profile=demo", *TINY])
+
+
+@pytest.fixture
+def tokens_dir(tiny_cfg: Config, project: Path, bpe_cache: Path) -> Path:
+    """The demo corpus downloaded and tokenized with the real GPT-2 BPE (~140K tokens)."""
+    from gptlab.stages import Paths, download, tokenize
+
+    paths = Paths(project)
+    download(tiny_cfg, paths)
+    tokenize(tiny_cfg, paths)
+    return paths.tokens

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from gptlab.checkpoint import CheckpointError, load_model, load_training_state, save_checkpoint
+from gptlab.model import GPT
+
+from .test_model import SMALL
+
+
+def _trained(steps: int = 3) -> tuple[GPT, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = GPT(SMALL)
+    opt = model.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")
+    idx = torch.randint(0, 50257, (2, 16))
+    for _ in range(steps):
+        model(idx, idx).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model, opt
+
+
+def test_round_trip_restores_weights_logits_and_optimizer(tmp_path):
+    model, opt = _trained()
+    save_checkpoint(tmp_path / "c", model=model, optimizer=opt, state={"step": 3}, meta={"step": 3, "note": "x"})
+    loaded, ckpt = load_model(tmp_path / "c")
+    assert ckpt.step == 3 and ckpt.meta["note"] == "x" and ckpt.model_config == SMALL
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight  # tying survives the round trip
+    idx = torch.randint(0, 50257, (1, 16))
+    torch.testing.assert_close(loaded.eval()(idx).logits, model.eval()(idx).logits, rtol=0, atol=0)
+    state = load_training_state(tmp_path / "c")
+    fresh = loaded.configure_optimizer(lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu")
+    fresh.load_state_dict(state["optimizer"])
+    assert state["state"] == {"step": 3}
+    assert fresh.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
+
+
+def test_a_modified_weights_file_is_refused(tmp_path):
+    model, _ = _trained(1)
+    save_checkpoint(tmp_path / "c", model=model, meta={"step": 1})
+    weights = tmp_path / "c" / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 0x01
+    weights.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="corrupt or was replaced"):
+        load_model(tmp_path / "c")
+
+
+def test_missing_files_name_the_fix(tmp_path):
+    (tmp_path / "c").mkdir()
+    with pytest.raises(CheckpointError, match=r"meta.json does not exist.*re-run `gptlab train`"):
+        load_model(tmp_path / "c")
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_training_state_cannot_run_code(tmp_path, monkeypatch):
+    model, opt = _trained(1)
+    save_checkpoint(tmp_path / "c", model=model, optimizer=opt, meta={"step": 1})
+    (tmp_path / "c" / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": _Exploit()}, protocol=2))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(pickle.UnpicklingError):
+        load_training_state(tmp_path / "c")
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    model, _ = _trained(1)
+    save_checkpoint(tmp_path / "c", model=model, meta={"step": 1})
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("gptlab.checkpoint.write_json", boom)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "c", model=model, meta={"step": 2})
+    _, ckpt = load_model(tmp_path / "c")
+    assert ckpt.step == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gptlab.cli import build_parser
+
+from .conftest import REPO
+
+
+def test_readme_commands_exist_in_the_cli():
+    readme = (REPO / "README.md").read_text()
+    used = set(re.findall(r"^gptlab ([a-z][\w-]*)", readme, flags=re.M))
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001 - argparse has no API
+    assert used and used <= commands, used - commands
+    for target in ("make demo", "make test", "make ui", "dvc exp run -S profile=demo"):
+        assert target in readme
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_ui_serves_the_embedded_store_on_loopback(project: Path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptlab", "ui", "--params", str(project / "params.yaml"), "--port", str(port)],
+        cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"MLflow UI did not come up:\n{proc.stdout.read() if proc.stdout else ''}")
+                time.sleep(0.5)
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        local = [line.split()[3] for line in listening.splitlines()]
+        assert local and all(address.startswith("127.0.0.1:") for address in local), listening
+        assert (project / "mlflow.db").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
