@@ -24,6 +24,13 @@ TINY = [
 ]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Libraries that read these once, at import (huggingface_hub's constants), must see them before any import.
+    for key, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                       "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1", "DVC_NO_ANALYTICS": "1"}.items():
+        os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def bpe_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiktoken cache holding GPT-2's real BPE, seeded from the openai-whisper sdist (PyPI), never the net."""
