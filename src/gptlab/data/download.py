@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # manifest layout: 2 added per-document source rows
 DOCS_PER_FILE = 250_000  # ~1.2 GB of OpenWebText text per parquet file; keeps files easy to move and hash
+ROW_GROUP = 1024  # documents per parquet row group (~5 MB of text): readers hold one group at a time
 SCHEMA = pa.schema([("row", pa.int64()), ("text", pa.large_string())])
 EXAMPLES = 20  # skipped records listed by location in the manifest
 FIX = "run `gptlab download` (or `dvc repro download`, or `dvc pull` to restore it)"
@@ -71,7 +72,7 @@ class _RawWriter:
             take = DOCS_PER_FILE - self._in_file
             table = pa.table({"row": pa.array(rows[:take], pa.int64()), "text": pa.array(texts[:take], pa.large_string())},
                              schema=SCHEMA)
-            self._writer.write_table(table)
+            self._writer.write_table(table, row_group_size=ROW_GROUP)
             self._in_file += table.num_rows
             self.files[-1]["documents"] += table.num_rows
             rows, texts = rows[take:], texts[take:]
@@ -219,7 +220,8 @@ def read_manifest(raw_dir: str | Path) -> dict[str, Any]:
 def iter_raw_batches(raw_dir: str | Path, *, start: int = 0, batch_size: int = 1024) -> Iterator[tuple[np.ndarray, list[str]]]:
     """``(source rows, texts)`` of a download's documents in order, beginning with document ``start``.
 
-    Whole files and row groups before ``start`` are skipped without decoding their text.
+    Whole files and row groups before ``start`` are skipped without decoding their text; batches are
+    streamed from each file, so memory holds one batch, not a file or a row group.
     """
     raw_dir = Path(raw_dir)
     manifest = read_manifest(raw_dir)
@@ -228,16 +230,19 @@ def iter_raw_batches(raw_dir: str | Path, *, start: int = 0, batch_size: int = 1
         if skip >= entry["documents"]:
             skip -= entry["documents"]
             continue
-        parquet = pq.ParquetFile(raw_dir / entry["name"])
+        parquet = pq.ParquetFile(raw_dir / entry["name"], pre_buffer=False)  # pre-buffering reads whole files
         for group in range(parquet.num_row_groups):
             size = parquet.metadata.row_group(group).num_rows
             if skip >= size:
                 skip -= size
                 continue
-            table = parquet.read_row_group(group, columns=["row", "text"]).slice(skip)
-            skip = 0
-            for batch in table.to_batches(max_chunksize=batch_size):
-                yield batch.column(0).to_numpy(), batch.column(1).to_pylist()
+            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=["row", "text"]):
+                if skip:
+                    batch, skip = batch.slice(min(skip, batch.num_rows)), max(0, skip - batch.num_rows)
+                    if not batch.num_rows:
+                        continue
+                # A copy of the row numbers: a view would keep the batch's Arrow buffers alive downstream.
+                yield np.array(batch.column(0), dtype=np.int64), batch.column(1).to_pylist()
 
 
 def iter_raw(raw_dir: str | Path, batch_size: int = 10_000) -> Iterator[list[str]]:

@@ -248,7 +248,7 @@ def _parquet_batches(path: Path, text_field: str, max_chars: int) -> Iterator[So
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
+    parquet = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering would read a whole hub file into memory
     schema = parquet.schema_arrow
     if text_field not in schema.names:
         raise SourceError(f"{path}: no column {text_field!r} (columns: {', '.join(schema.names)}); "

@@ -44,8 +44,12 @@ from gptlab.fileio import read_json, replace_dir, write_json
 log = logging.getLogger(__name__)
 
 FORMAT = 2  # meta.json layout: 2 = fixed-size train/val shards, split over source rows
+# Work sizes. Small enough that the transient buffers are a few MB (larger ones let glibc's heap fragment
+# and peak RSS creep up over a long run: measured with benchmarks/bench_tokenize.py), large enough that the
+# per-task overhead stays below 1 %.
 PIECE_CHARS = 1 << 20  # longer documents are encoded in pieces: bounded memory, and they spread over threads
-TASK_CHARS = 1 << 20  # text per encoding task: amortises the hand-off, keeps the threads evenly loaded
+TASK_CHARS = 1 << 18  # text per encoding task
+READ_DOCS = 256  # documents decoded from parquet into Python strings at a time
 
 
 def split_permutation(n_docs: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,6 +205,71 @@ class _ValStream:
         self._index.close()
 
 
+class _SplitWriter:
+    """Routes encoded documents to the train shards or the val stream, with a checkpoint after each train shard.
+
+    A checkpoint says how far the training stream got (document, token within it) and how much of the val
+    stream belongs before that point, so a resumed run can truncate the val stream and carry on exactly there.
+    """
+
+    def __init__(self, work: Path, shard_tokens: int, is_val: np.ndarray, cursor: Cursor,
+                 kept: list[dict[str, Any]], counts: np.ndarray):
+        self.work, self.is_val, self.counts = work, is_val, counts
+        self.train = _Shards(work / "out", "train", shard_tokens, first=len(kept))
+        self.train.done = list(kept)
+        self.val = _ValStream(work, cursor)
+        self.state = {"train_docs": cursor.train_docs, "val_docs": cursor.val_docs, "val_tokens": cursor.val_tokens}
+        self.resume_doc, self.skip = cursor.doc, cursor.token  # tokens of that document already in kept shards
+
+    def add(self, first: int, rows: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Documents ``first, first+1, …`` (source ``rows``): their tokens, concatenated, and lengths."""
+        ids = first + np.arange(len(lengths))
+        val = self.is_val[rows]
+        before = dict(self.state)
+        ends = np.cumsum(lengths)
+        for j in np.flatnonzero(val):
+            self.val.append(int(rows[j]), tokens[ends[j] - lengths[j] : ends[j]])
+            self.state["val_docs"] += 1
+            self.state["val_tokens"] += int(lengths[j])
+        train_tokens = tokens[np.repeat(~val, lengths)] if val.any() else tokens
+        train_ids, train_lengths = ids[~val], lengths[~val]
+        head = 0
+        if self.skip:
+            assert len(train_ids) and train_ids[0] == self.resume_doc, "a resumed document is a training document"
+            train_tokens, head, self.skip = train_tokens[self.skip :], self.skip, 0
+        train_ends = np.cumsum(train_lengths) - head  # where each training document ends in train_tokens
+
+        def checkpoint(shard: dict[str, Any], pos: int) -> None:
+            j = int(np.searchsorted(train_ends, pos, side="right"))  # the document holding token `pos`
+            if j < len(train_ids):
+                doc, token = int(train_ids[j]), int(pos - (train_ends[j] - train_lengths[j]))
+            else:
+                doc, token = first + len(lengths), 0
+            earlier_val = val & (ids < doc)
+            self._checkpoint(shard, Cursor(doc=doc, token=token, train_docs=before["train_docs"] + j,
+                                           val_docs=before["val_docs"] + int(earlier_val.sum()),
+                                           val_tokens=before["val_tokens"] + int(lengths[earlier_val].sum())))
+
+        self.counts += np.bincount(train_tokens, minlength=len(self.counts))
+        self.train.write(train_tokens, checkpoint)
+        self.state["train_docs"] += len(train_ids)
+
+    def _checkpoint(self, shard: dict[str, Any], cursor: Cursor) -> None:
+        self.val.sync()  # the val documents the checkpoint counts are on disk before it is
+        write_json(self.work / "done" / f"{Path(shard['name']).stem}.json", {"shard": shard, "cursor": asdict(cursor)})
+
+    def close(self, n_docs: int) -> None:
+        """Finish the last train shard (a checkpoint at the end of the corpus) and the val stream."""
+        last = self.train.close()
+        if last is not None:
+            self._checkpoint(last, Cursor(doc=n_docs, **self.state))
+        self.val.close()
+
+    def abort(self) -> None:
+        self.train.abort()
+        self.val.close()
+
+
 def _plan(cfg: TokenizeConfig, manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything the shards depend on; a work directory made under another plan is discarded."""
     return {"format": FORMAT, "source_text_sha256": manifest["text_sha256"], "rows": manifest["rows"],
@@ -278,48 +347,7 @@ def tokenize(cfg: TokenizeConfig, raw_dir: str | Path = "data/raw", out_dir: str
 
     work = out_dir.with_name(f".{out_dir.name}.partial")
     cursor, kept, counts = _resume(work, _plan(cfg, manifest), enc.n_vocab)
-    out = work / "out"
-    train = _Shards(out, "train", cfg.shard_tokens, first=len(kept))
-    train.done = list(kept)
-    val_stream = _ValStream(work, cursor)
-    state = {"train_docs": cursor.train_docs, "val_docs": cursor.val_docs, "val_tokens": cursor.val_tokens}
-    skip = cursor.token  # tokens of document `cursor.doc` already in the kept shards
-
-    def consume(first: int, rows: np.ndarray, tokens: np.ndarray, lengths: np.ndarray) -> None:
-        nonlocal skip
-        ids = first + np.arange(len(lengths))
-        val = is_val[rows]
-        before = dict(state)
-        ends = np.cumsum(lengths)
-        for j in np.flatnonzero(val):
-            val_stream.append(int(rows[j]), tokens[ends[j] - lengths[j] : ends[j]])
-            state["val_docs"] += 1
-            state["val_tokens"] += int(lengths[j])
-        train_tokens = tokens[np.repeat(~val, lengths)] if val.any() else tokens
-        train_ids, train_lengths = ids[~val], lengths[~val]
-        head = 0
-        if skip:
-            assert len(train_ids) and train_ids[0] == cursor.doc, "a resumed document must be a training document"
-            train_tokens, head, skip = train_tokens[skip:], skip, 0
-        train_ends = np.cumsum(train_lengths) - head  # where each training document ends in train_tokens
-
-        def checkpoint(shard: dict[str, Any], pos: int) -> None:
-            j = int(np.searchsorted(train_ends, pos, side="right"))  # the document holding token `pos`
-            if j < len(train_ids):
-                doc, token = int(train_ids[j]), int(pos - (train_ends[j] - train_lengths[j]))
-            else:
-                doc, token = first + len(lengths), 0
-            earlier_val = val & (ids < doc)
-            at = Cursor(doc=doc, token=token, train_docs=before["train_docs"] + j,
-                        val_docs=before["val_docs"] + int(earlier_val.sum()),
-                        val_tokens=before["val_tokens"] + int(lengths[earlier_val].sum()))
-            val_stream.sync()
-            write_json(work / "done" / f"{Path(shard['name']).stem}.json", {"shard": shard, "cursor": asdict(at)})
-
-        counts[:] += np.bincount(train_tokens, minlength=enc.n_vocab)
-        train.write(train_tokens, checkpoint)
-        state["train_docs"] += len(train_ids)
-
+    writer = _SplitWriter(work, cfg.shard_tokens, is_val, cursor, kept, counts)
     workers = cfg.num_workers or default_workers()
     doc = cursor.doc
     try:
@@ -327,40 +355,36 @@ def tokenize(cfg: TokenizeConfig, raw_dir: str | Path = "data/raw", out_dir: str
                 tqdm(total=n_docs, initial=doc, unit=" docs", unit_scale=True, desc="tokenize", mininterval=1.0,
                      disable=None) as bar:
             pending: deque[tuple[int, np.ndarray, Future]] = deque()
-            for rows, texts in iter_raw_batches(raw_dir, start=cursor.doc):
+
+            def consume_one() -> None:
+                first, rows, future = pending.popleft()
+                writer.add(first, rows, *future.result())
+                bar.update(len(rows))
+
+            for rows, texts in iter_raw_batches(raw_dir, start=cursor.doc, batch_size=READ_DOCS):
                 for lo, hi in _tasks(texts):
                     pending.append((doc + lo, rows[lo:hi], pool.submit(encode_documents, enc, texts[lo:hi])))
                     while len(pending) > 2 * workers:  # bounded read-ahead: memory stays flat
-                        first, task_rows, future = pending.popleft()
-                        consume(first, task_rows, *future.result())
-                        bar.update(len(task_rows))
+                        consume_one()
                 doc += len(texts)
             while pending:
-                first, task_rows, future = pending.popleft()
-                consume(first, task_rows, *future.result())
-                bar.update(len(task_rows))
+                consume_one()
         if doc != n_docs:
             raise ValueError(f"{raw_dir} holds {doc} documents but its manifest says {n_docs}: re-run `gptlab download`")
-        last = train.close()
-        if last is not None:
-            done = Cursor(doc=n_docs, train_docs=state["train_docs"], val_docs=state["val_docs"],
-                          val_tokens=state["val_tokens"])
-            val_stream.sync()
-            write_json(work / "done" / f"{Path(last['name']).stem}.json", {"shard": last, "cursor": asdict(done)})
+        writer.close(n_docs)
     except BaseException:
-        train.abort()
+        writer.abort()
         raise
-    finally:
-        val_stream.close()
-
+    state = writer.state
+    out = work / "out"
     val_shards, val_docs, val_sha256 = _write_val(work, out, val_ids, cfg.shard_tokens)
     if state["train_docs"] == 0 or val_docs == 0:
         raise ValueError(f"{raw_dir}: {state['train_docs']} training and {val_docs} validation documents; both "
                          "splits need at least one: change tokenize.val_fraction or add documents")
     np.save(out / "unigram_counts.npy", counts)
     np.save(out / "val_doc_ids.npy", val_ids.astype("<i8"))
-    shards = train.done + val_shards
-    train_tokens = sum(s["tokens"] for s in train.done)
+    shards = writer.train.done + val_shards
+    train_tokens = sum(s["tokens"] for s in writer.train.done)
     val_tokens = sum(s["tokens"] for s in val_shards)
     write_json(
         out / "meta.json",
@@ -388,7 +412,7 @@ def tokenize(cfg: TokenizeConfig, raw_dir: str | Path = "data/raw", out_dir: str
     replace_dir(out, out_dir)
     shutil.rmtree(work, ignore_errors=True)
     log.info("tokenize: %s train tokens in %d shard(s), %s val tokens (%d documents) → %s",
-             f"{train_tokens:,}", len(train.done), f"{val_tokens:,}", val_docs, out_dir)
+             f"{train_tokens:,}", len(writer.train.done), f"{val_tokens:,}", val_docs, out_dir)
     return TokenizeResult(train_tokens, val_tokens, state["train_docs"], val_docs)
 
 
