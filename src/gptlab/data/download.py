@@ -171,6 +171,7 @@ def download(cfg: DataConfig, out_dir: str | Path = "data/raw") -> DownloadResul
         if documents == 0:
             raise SourceError(f"data.source {cfg.source!r} yielded no usable documents "
                               f"({rows} rows, skipped: {dict(skipped) or 'none'}); check the source")
+        counts = {reason: skipped[reason] for reason in ("empty", *(bad.value for bad in Bad))}
         write_json(
             staging / "manifest.json",
             {
@@ -184,7 +185,7 @@ def download(cfg: DataConfig, out_dir: str | Path = "data/raw") -> DownloadResul
                 "source_files": names if source.kind == "hf" else len(names),
                 "rows": rows,
                 "documents": documents,
-                "skipped": {reason: skipped[reason] for reason in ("empty", *(bad.value for bad in Bad))},
+                "skipped": counts,
                 "skipped_examples": examples,
                 "text_sha256": text_hash.hexdigest(),
                 "files": writer.files,
@@ -195,7 +196,7 @@ def download(cfg: DataConfig, out_dir: str | Path = "data/raw") -> DownloadResul
         shutil.rmtree(staging, ignore_errors=True)
     log.info("download: %d documents from %d rows in %d file(s) → %s (skipped: %s)",
              documents, rows, len(writer.files), out_dir, dict(skipped) or "none")
-    return DownloadResult(documents=documents, rows=rows, skipped=dict(skipped), files=len(writer.files))
+    return DownloadResult(documents=documents, rows=rows, skipped=counts, files=len(writer.files))
 
 
 # ------------------------------------------------------------------------------------------ reading
