@@ -110,3 +110,18 @@ def test_cli_rejects_bad_config_before_touching_files(project: Path):
     assert result.returncode == 2
     assert "2 problem(s)" in result.stderr and "train.bogus" in result.stderr and "n_head" in result.stderr
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "profiles"]
+
+
+def test_hub_sources_must_pin_a_commit_and_data_settings_are_checked(project: Path):
+    with pytest.raises(ConfigError) as info:
+        load_config(project / "params.yaml", ["data.source=hf:Skylion007/openwebtext@main", "data.num_proc=0",
+                                              "data.expected_docs=0", "tokenize.shard_tokens=0",
+                                              "tokenize.num_workers=-1"])
+    message = str(info.value)
+    assert "'hf:Skylion007/openwebtext@main' must pin a commit: hf:OWNER/NAME@<40 hex digits>" in message
+    assert "`data.num_proc` must be > 0" in message and "`data.expected_docs` must be > 0 or null" in message
+    assert "`tokenize.shard_tokens` must be > 0" in message and "`tokenize.num_workers` must be > 0 or null" in message
+    assert len(info.value.problems) == 5
+    cfg = load_config(project / "params.yaml")
+    assert cfg.data.source == "hf:Skylion007/openwebtext@79d93d786212f7344586290adb811d4ae6a1762c"
+    assert cfg.data.expected_docs == 8_013_769 and cfg.tokenize.shard_tokens == 100_000_000

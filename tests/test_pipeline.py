@@ -25,6 +25,7 @@ def _profile(overrides: list[str]) -> dict:
     """A profile file (every section present) from `-S`-style overrides."""
     tree: dict = {s: {} for s in ("data", "tokenize", "model", "train", "eval", "generate", "tracking")}
     tree["data"]["source"] = "demo"
+    tree["data"]["expected_docs"] = None  # the seed's 8,013,769 is OpenWebText's count
     for item in overrides:
         key, value = item.split("=", 1)
         section, name = key.split(".")

@@ -52,3 +52,33 @@ def test_ids_that_do_not_fit_uint16_are_refused(tmp_path):
     with pytest.raises(ValueError, match="does not fit uint16"):
         write_shard(tmp_path / "big.bin", np.array([70000], dtype=np.int64))
     assert not (tmp_path / "big.bin").exists() and not list(tmp_path.iterdir())
+
+
+def test_an_aborted_writer_leaves_the_old_shard_untouched(tmp_path):
+    write_shard(tmp_path / "s.bin", np.arange(10, dtype=np.uint16))
+    writer = ShardWriter(tmp_path / "s.bin")
+    writer.write(np.arange(5, dtype=np.uint16))
+    writer.abort()
+    np.testing.assert_array_equal(read_shard(tmp_path / "s.bin"), np.arange(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.bin"]
+
+
+def test_a_token_set_whose_shard_disagrees_with_meta_names_the_fix(tokens_dir):
+    from gptlab.data.loader import TokenSet
+
+    meta = TokenSet.open(tokens_dir, verify=True).meta
+    shard = tokens_dir / meta["shards"][0]["name"]
+    # The same number of tokens, different content: the header passes, only the hash can tell.
+    raw = bytearray(shard.read_bytes())
+    raw[HEADER_BYTES : HEADER_BYTES + 2] = bytes([raw[HEADER_BYTES] ^ 1, raw[HEADER_BYTES + 1]])
+    shard.write_bytes(bytes(raw))
+    TokenSet.open(tokens_dir)
+    with pytest.raises(ShardError, match=r"corrupt\. re-run `gptlab tokenize` \(or `dvc repro tokenize`"):
+        TokenSet.open(tokens_dir, verify=True)
+    # A shard cut short by a failed copy is caught by its header, without hashing.
+    shard.write_bytes(bytes(raw[:-100]))
+    with pytest.raises(ShardError, match=rf"{shard.name} is .* bytes but its header promises .*truncated\?"):
+        TokenSet.open(tokens_dir)
+    shard.unlink()
+    with pytest.raises(ShardError, match=rf"{shard.name} does not exist: re-run `gptlab tokenize`.*`dvc pull`"):
+        TokenSet.open(tokens_dir)

@@ -20,8 +20,8 @@ from gptlab.config import Config, ConfigError, load_config
 log = logging.getLogger("gptlab")
 
 STAGE_HELP = {
-    "download": "fetch the corpus named by data.source into data/raw/",
-    "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json)",
+    "download": "fetch the corpus named by data.source into data/raw/ (an interrupted hub download resumes)",
+    "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json); a killed run resumes",
     "train": "train the model → models/final/, MLflow run, registered version with alias `candidate`",
     "evaluate": "val loss / perplexity over the whole val split + unigram floor → metrics/eval.json",
     "generate": "samples for every prompt → samples/samples.{json,md}",

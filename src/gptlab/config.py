@@ -32,12 +32,20 @@ class DataConfig:
     """``data``: which corpus the download stage fetches."""
 
     source: str
-    """``hf:REPO[@REVISION]`` (a Hugging Face dataset of parquet files), ``local:PATH_OR_GLOB``
-    (txt / jsonl / parquet), or ``demo`` (CPython's bundled reference docs, offline)."""
+    """``hf:REPO@COMMIT`` (the parquet files of a Hugging Face dataset at a pinned 40-hex commit),
+    ``local:PATH_OR_GLOB`` (txt / jsonl / parquet), or ``demo`` (CPython's bundled reference docs, offline)."""
     text_field: str
     """Column (parquet / hub) or key (jsonl) holding each document's text."""
     max_docs: int | None
     """Keep only the first N documents (quick real-data runs); null keeps all."""
+    expected_docs: int | None
+    """Rows the whole source must hold (OpenWebText: 8,013,769); anything else is refused before any file is
+    written. Checked only when max_docs is null; null skips the check."""
+    max_doc_chars: int
+    """Documents longer than this many characters are skipped and counted in the manifest (a guard against a
+    runaway file or row, not a filter: no OpenWebText document comes close)."""
+    num_proc: int
+    """Parallel file downloads from the hub."""
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,11 @@ class TokenizeConfig:
     """Share of documents held out for validation (nanoGPT: 0.0005)."""
     split_seed: int
     """Seed of the document shuffle before the split (nanoGPT: 2357)."""
+    shard_tokens: int
+    """Tokens per shard file (the last of each split holds the rest); 100M tokens = 200 MB."""
+    num_workers: int | None
+    """Threads encoding in parallel; null uses every core this process may run on. The output does not
+    depend on it."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +369,7 @@ _SECTION_TYPES: dict[str, type] = {
     "tracking": TrackingConfig,
 }
 _SOURCE_RE = re.compile(r"^(demo|hf:[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?|local:.+)$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -371,11 +385,26 @@ def _check_data(d: DataConfig, p: list[str]) -> None:
         p.append(f"`data.source` must be `demo`, `hf:OWNER/NAME[@REVISION]` or `local:PATH_OR_GLOB`, got {d.source!r}")
     if d.max_docs is not None and d.max_docs <= 0:
         p.append(f"`data.max_docs` must be > 0 or null (all documents), got {d.max_docs}")
+    if d.expected_docs is not None and d.expected_docs <= 0:
+        p.append(f"`data.expected_docs` must be > 0 or null (no check), got {d.expected_docs}")
+    _bounds("data", d, ["max_doc_chars", "num_proc"], p)
+    if _SOURCE_RE.match(d.source) and d.source.startswith("hf:"):
+        revision = d.source.partition("@")[2]
+        if not _COMMIT_RE.match(revision):
+            # A branch or tag moves; only a commit makes `dvc repro` fetch the same documents next year.
+            p.append(
+                f"`data.source` {d.source!r} must pin a commit: hf:OWNER/NAME@<40 hex digits>. Find it on the "
+                "dataset's hub page (Files and versions → History) or with "
+                "`python -c \"import huggingface_hub as h; print(h.HfApi().dataset_info('OWNER/NAME').sha)\"`"
+            )
 
 
 def _check_tokenize(k: TokenizeConfig, p: list[str]) -> None:
     if not 0.0 < k.val_fraction < 1.0:
         p.append(f"`tokenize.val_fraction` must be between 0 and 1, got {k.val_fraction}")
+    _bounds("tokenize", k, ["shard_tokens"], p)
+    if k.num_workers is not None and k.num_workers <= 0:
+        p.append(f"`tokenize.num_workers` must be > 0 or null (every core), got {k.num_workers}")
 
 
 def _check_model(m: ModelConfig, p: list[str]) -> None:

@@ -53,14 +53,15 @@ def download(cfg: Config, paths: Paths) -> dict[str, Any]:
     from gptlab.data.download import download as run
 
     result = run(cfg.data, paths.raw)
-    return {"documents": result.documents, "skipped_empty": result.skipped_empty}
+    return {"documents": result.documents, "rows": result.rows, "skipped": result.skipped}
 
 
 def tokenize(cfg: Config, paths: Paths) -> dict[str, Any]:
     from gptlab.data.tokenize import tokenize as run
 
     result = run(cfg.tokenize, paths.raw, paths.tokens)
-    return {"train_tokens": result.train_tokens, "val_tokens": result.val_tokens}
+    return {"train_tokens": result.train_tokens, "val_tokens": result.val_tokens,
+            "train_docs": result.train_docs, "val_docs": result.val_docs}
 
 
 @dataclass(frozen=True)

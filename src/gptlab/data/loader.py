@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptlab.data.shards import FIX, ShardError, read_header, read_shard, verify_shard
+from gptlab.data.shards import DTYPE, FIX, HEADER_BYTES, ShardError, read_header, read_shard, verify_shard
 from gptlab.fileio import read_json
 
 
@@ -57,34 +57,42 @@ def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
 class RandomWindows:
     """Seeded random ``(x, y)`` windows of ``block_size`` tokens across all shards of a split.
 
-    Each distributed rank draws from its own stream (seed, rank), so ranks see different windows.
-    The generator state is part of :meth:`state_dict`, so a resumed run draws the same batches.
+    Every window start in every shard is equally likely (a shard is drawn in proportion to its number of
+    window starts, then a start within it); a window never crosses a shard's end. Each distributed rank draws
+    from its own stream (seed, rank), so ranks see different windows. The generator state is part of
+    :meth:`state_dict`, so a resumed run draws the same batches. Windows are read with plain file reads into
+    one preallocated batch: no memory map stays open, so memory does not creep over a long run.
     """
 
     def __init__(self, paths: list[Path], *, block_size: int, batch_size: int, seed: int, rank: int = 0):
-        self.paths = paths
+        if not paths:
+            raise ShardError(f"no token shards to draw training windows from: {FIX}")
+        self.paths = [Path(p) for p in paths]
         self.block_size = block_size
         self.batch_size = batch_size
-        self.lengths = np.array([read_header(p) for p in paths], dtype=np.int64)
-        starts = self.lengths - block_size - 1  # last valid window start is len - block_size - 1
-        if starts.max(initial=-1) < 0:
+        self.rank = rank
+        self.lengths = np.array([read_header(p) for p in self.paths], dtype=np.int64)
+        starts = np.clip(self.lengths - block_size, 0, None)  # window starts per shard: 0 … len - block_size - 1
+        if starts.sum() == 0:
             raise ShardError(
-                f"no shard of {paths[0].parent} has more than model.block_size={block_size} tokens "
+                f"no shard of {self.paths[0].parent} has more than model.block_size={block_size} tokens "
                 f"(largest: {int(self.lengths.max(initial=0))}): lower model.block_size or use more data"
             )
-        self.weights = np.clip(starts + 1, 0, None) / np.clip(starts + 1, 0, None).sum()
+        self.weights = starts / starts.sum()
         self.rng = np.random.default_rng([seed, rank])
 
     def next_numpy(self) -> tuple[np.ndarray, np.ndarray]:
         shard_ids = self.rng.choice(len(self.paths), size=self.batch_size, p=self.weights)
         offsets = self.rng.integers(0, self.lengths[shard_ids] - self.block_size, dtype=np.int64)
-        windows = np.empty((self.batch_size, self.block_size + 1), dtype=np.uint16)
+        windows = np.empty((self.batch_size, self.block_size + 1), dtype=DTYPE)
+        nbytes = windows.shape[1] * DTYPE.itemsize
         for shard in np.unique(shard_ids):
-            # A fresh memmap per batch: its pages are released with it, so RSS does not creep over a long run.
-            data = read_shard(self.paths[shard])
-            for row in np.flatnonzero(shard_ids == shard):
-                windows[row] = data[offsets[row] : offsets[row] + self.block_size + 1]
-            del data
+            with open(self.paths[shard], "rb") as f:
+                for row in np.flatnonzero(shard_ids == shard):
+                    f.seek(HEADER_BYTES + int(offsets[row]) * DTYPE.itemsize)
+                    if f.readinto(memoryview(windows[row]).cast("B")) != nbytes:
+                        raise ShardError(f"{self.paths[shard]} is shorter than its header says (changed while "
+                                         f"training?): {FIX}")
         return windows[:, :-1], windows[:, 1:]
 
     def next(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,9 +100,15 @@ class RandomWindows:
         return to_device(x, device), to_device(y, device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state}
+        return {"rng": self.rng.bit_generator.state, "rank": self.rank, "lengths": self.lengths.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "lengths" in state and list(state["lengths"]) != self.lengths.tolist():
+            raise ValueError(
+                "the training shards differ from the ones this loader state was saved with "
+                f"({len(state['lengths'])} shards / {sum(state['lengths'])} tokens then, {len(self.lengths)} / "
+                f"{int(self.lengths.sum())} now): resume with the same data/tokens (`dvc checkout`), or start fresh"
+            )
         self.rng.bit_generator.state = state["rng"]
 
 

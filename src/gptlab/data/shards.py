@@ -44,33 +44,42 @@ class ShardWriter:
         self.count = 0
         self.sha256 = ""
         self._hash = hashlib.sha256()
-        self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in __exit__
+        self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish() or abort()
         self._file.write(_header(0))
 
     def write(self, tokens: np.ndarray) -> None:
-        if tokens.size and int(tokens.max()) >= 1 << 16:
-            raise ValueError(f"token id {int(tokens.max())} does not fit uint16; the tokenizer has too many ids")
-        data = np.ascontiguousarray(tokens, dtype=DTYPE).tobytes()
+        tokens = np.asarray(tokens)
+        if tokens.dtype != DTYPE and tokens.size and (int(tokens.max()) >= 1 << 16 or int(tokens.min()) < 0):
+            bad = int(tokens.max()) if int(tokens.max()) >= 1 << 16 else int(tokens.min())
+            raise ValueError(f"token id {bad} does not fit uint16; the tokenizer has too many ids")
+        data = memoryview(np.ascontiguousarray(tokens, dtype=DTYPE)).cast("B")
         self._file.write(data)
         self._hash.update(data)
         self.count += tokens.size
 
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self._file.close()
-            self.tmp.unlink(missing_ok=True)
-            return
-        header = _header(self.count)
+    def finish(self) -> None:
+        """Write the final header, fsync and rename the temp file to ``path``: the shard is complete."""
         self._file.seek(0)
-        self._file.write(header)
+        self._file.write(_header(self.count))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self.sha256 = self._hash.hexdigest()
         os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        """Close and delete the temp file; ``path`` is left as it was."""
+        self._file.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
 
 
 def _payload_sha256(path: Path) -> str:
