@@ -99,3 +99,44 @@ def tokens_dir(tiny_cfg: Config, project: Path, bpe_cache: Path) -> Path:
     download(tiny_cfg, paths)
     tokenize(tiny_cfg, paths)
     return paths.tokens
+
+
+# Tiny stand-ins for the downstream tasks' files, in the pinned files' formats (LAMBADA: jsonl with `text`;
+# WikiText-103: parquet with `page`, WikiText's own tokenization).
+LAMBADA_TEXTS = [
+    "The for statement is used to iterate over the elements of a sequence",
+    "A dictionary maps keys to values, and the keys of a dictionary are unique keys",
+    "He opened the door, looked at the garden and closed the door",
+]
+WIKITEXT_PAGES = [
+    " = Python = \n Python is a programming language . It was created in 1 @,@ 991 by Guido van Rossum , "
+    "and its name comes from a comedy group ( Monty Python ) . \n = = History = = \n Python 2 @.@ 0 was released "
+    "in 2000 . \n",
+    " = Iteration = \n A for loop runs its body once for each item of a well @-@ known sequence . \n",
+]
+
+
+def write_task_files(folder: Path) -> tuple[Path, Path]:
+    """``lambada.jsonl`` and ``wikitext.parquet`` in ``folder``: local sources for eval.lambada / eval.wikitext."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lambada = folder / "lambada.jsonl"
+    lambada.write_text("".join(json.dumps({"text": t}) + "\n" for t in LAMBADA_TEXTS))
+    wikitext = folder / "wikitext.parquet"
+    pq.write_table(pa.table({"page": WIKITEXT_PAGES}), wikitext)
+    return lambada, wikitext
+
+
+def save_tiny_gpt2(path: Path, *, n_positions: int = 24, seed: int = 0) -> Path:
+    """A tiny random transformers GPT-2 saved as a local Hugging Face folder: a baseline that loads offline."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=n_positions, vocab_size=50257)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    return path
