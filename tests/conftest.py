@@ -20,7 +20,8 @@ TINY = [
     "train.device=cpu", "train.dtype=float32", "train.batch_size=4", "train.grad_accum=2",
     "train.max_iters=80", "train.warmup_iters=4", "train.lr=1e-2", "train.min_lr=1e-3",
     "train.eval_interval=20", "train.eval_iters=2", "train.log_interval=10",
-    "eval.batch_size=64", "generate.max_new_tokens=12", "generate.num_samples=2",
+    "eval.batch_size=64", "eval.device=cpu", "eval.dtype=float32", "generate.max_new_tokens=12",
+    "generate.num_samples=2",
 ]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -49,11 +48,9 @@ def test_a_file_without_the_field_names_file_line_and_field(tmp_path: Path):
         fetch(TaskSource.parse("local:/nope.jsonl"), setting="eval.lambada")
 
 
-def test_offline_a_hub_file_is_not_measured_at_once_with_the_fix():
-    start = time.perf_counter()
+def test_offline_a_hub_file_is_not_measured_and_the_fix_is_named():
     with pytest.raises(TaskDataUnavailable, match=r"HF_HUB_OFFLINE=1.*`eval.lambada: local:PATH`"):
         fetch(TaskSource.parse(PINNED), setting="eval.lambada")
-    assert time.perf_counter() - start < 5
 
 
 def test_a_cached_file_that_is_not_the_pinned_one_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
