@@ -210,6 +210,11 @@ def plot_perplexity(table: pd.DataFrame, path: Path) -> None:
 # --------------------------------------------------------------------------------------------- samples
 
 
+def quote(text: str) -> str:
+    """``text`` as a markdown block quote (an empty sample stays visible as an empty quote)."""
+    return "\n".join(f"> {line}" for line in text.splitlines()) or ">"
+
+
 def samples_markdown(models: dict[str, list[dict]], repetition: dict[str, dict], settings: dict | None) -> str:
     """Every model's samples for each prompt, one after another, with the repetition metrics on top."""
     lines = ["# Samples side by side", ""]
@@ -225,8 +230,7 @@ def samples_markdown(models: dict[str, list[dict]], repetition: dict[str, dict],
         lines += [f"## {item['prompt']!r}", ""]
         for model, samples in models.items():
             for j, text in enumerate(samples[i]["samples"], start=1):
-                body = "\n".join(f"> {line}" for line in (item["prompt"] + text).splitlines()) or ">"
-                lines += [f"**{model}**, sample {j}:", "", body, ""]
+                lines += [f"**{model}**, sample {j}:", "", quote(item["prompt"] + text), ""]
     if not models:
         lines += ["No samples: run the generate and baselines stages."]
     return "\n".join(lines)

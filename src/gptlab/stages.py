@@ -355,6 +355,7 @@ def sample(cfg: Config, paths: Paths) -> list[dict[str, Any]]:
 def record_samples(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> None:
     from gptlab import tracking
     from gptlab.generate import settings as sampling_settings
+    from gptlab.report import quote
     from gptlab.repetition import repetition
 
     settings = sampling_settings(cfg.generate)
@@ -363,8 +364,7 @@ def record_samples(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> 
     for item in samples:
         lines += [f"## {item['prompt']!r}", ""]
         for i, text in enumerate(item["samples"], start=1):
-            body = "\n".join(f"> {line}" for line in (item["prompt"] + text).splitlines()) or ">"
-            lines += [f"Sample {i}:", "", body, ""]
+            lines += [f"Sample {i}:", "", quote(item["prompt"] + text), ""]
     with atomic_path(paths.samples / "samples.md") as tmp:
         tmp.write_text("\n".join(lines))
     rep = repetition([text for item in samples for text in item["samples"]])
