@@ -33,6 +33,22 @@ def test_a_local_folder_loads_under_its_folder_name(tmp_path: Path):
     assert display_name(str(folder)) == "my-gpt2" and display_name("gpt2-xl") == "gpt2-xl"
 
 
+def test_offline_a_baseline_in_the_hub_cache_still_loads(tmp_path: Path):
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / "models--someone--tiny-gpt2"
+    commit = "0" * 40
+    save_tiny_gpt2(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    try:
+        assert load_baseline("someone/tiny-gpt2", device=CPU).config.block_size == 24
+    finally:
+        shutil.rmtree(repo)
+
+
 def _transformers_loss(folder: Path, tokens: np.ndarray, context: int) -> float:
     """Mean loss of the Hugging Face model itself over non-overlapping windows: the brute-force reference."""
     import transformers

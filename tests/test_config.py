@@ -110,3 +110,17 @@ def test_cli_rejects_bad_config_before_touching_files(project: Path):
     assert result.returncode == 2
     assert "2 problem(s)" in result.stderr and "train.bogus" in result.stderr and "n_head" in result.stderr
     assert sorted(p.name for p in project.iterdir()) == ["params.yaml", "profiles"]
+
+
+def test_eval_settings_are_checked_with_the_expected_forms(project: Path):
+    with pytest.raises(ConfigError) as info:
+        load_config(project / "params.yaml", [
+            "eval.contexts=[0, 512]", "eval.lambada=hf:EleutherAI/lambada_openai", "eval.baselines=[gpt2, gpt2]",
+            "eval.device=tpu", "eval.plateau_evals=0"])
+    message = str(info.value)
+    assert "`eval.contexts` must list context lengths > 0 (e.g. [512, 1024]), got [0, 512]" in message
+    assert "`eval.lambada` must be `hf:OWNER/NAME@REVISION/FILE`, `local:PATH` or `none`" in message
+    assert "`eval.baselines` must list distinct, non-empty names or folders" in message
+    assert "`eval.device` must be auto, cpu, mps, cuda or cuda:N, got 'tpu'" in message
+    assert "`eval.plateau_evals` must be > 0, got 0" in message
+    assert len(info.value.problems) == 5

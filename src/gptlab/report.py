@@ -223,8 +223,9 @@ def samples_markdown(models: dict[str, list[dict]], repetition: dict[str, dict],
     if repetition:
         rep = pd.DataFrame([{"model": m, **_repetition_cells(r)} for m, r in repetition.items()])
         lines += [rep.to_markdown(index=False, missingval="—", floatfmt=".3f"), "",
-                  "distinct-n: distinct / all word n-grams over a model's samples (higher: more varied); "
-                  "rep_4: share of a sample's word 4-grams that repeat an earlier one (higher: more looping).", ""]
+                  "In GPT-2 BPE tokens of the continuations. distinct-n: distinct / all n-grams over a model's samples "
+                  "(higher: more varied); rep_4: share of a sample's 4-grams that repeat an earlier one (higher: "
+                  "more looping).", ""]
     prompts = next(iter(models.values()), [])
     for i, item in enumerate(prompts):
         lines += [f"## {item['prompt']!r}", ""]
@@ -267,7 +268,8 @@ def build_report(
         "every measured row is scored by the same code on the same tokens. LAMBADA (accuracy in %, perplexity of "
         "the last word) and WikiText-103 (word-level perplexity, rolling windows) follow lm-evaluation-harness's "
         "definitions. Loss plateau: mean val loss of the last "
-        f"{plateau_evals} evals during training. Repetition: distinct-1/2 and repeated 4-grams of the samples.",
+        f"{plateau_evals} evals during training. Repetition: distinct-1/2 and repeated 4-grams of the samples "
+        "(GPT-2 BPE tokens).",
         "",
         table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="—", floatfmt="g"),
         "",

@@ -268,7 +268,7 @@ def score_baseline(cfg: Config, paths: Paths, name: str, *, tasks: Any = None) -
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the next baseline may be 10x larger
-    texts = [text for item in samples for text in item["samples"]]
+    texts = [enc.encode_ordinary(text) for item in samples for text in item["samples"]]
     result = {"display": display_name(name), "measured": True, "params": params, "positions": positions,
               "contexts": contexts, "repetition": repetition(texts)}
     return result, samples
@@ -354,6 +354,7 @@ def sample(cfg: Config, paths: Paths) -> list[dict[str, Any]]:
 
 def record_samples(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> None:
     from gptlab import tracking
+    from gptlab.data.tokenizer import get_encoding
     from gptlab.generate import settings as sampling_settings
     from gptlab.report import quote
     from gptlab.repetition import repetition
@@ -367,7 +368,8 @@ def record_samples(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> 
             lines += [f"Sample {i}:", "", quote(item["prompt"] + text), ""]
     with atomic_path(paths.samples / "samples.md") as tmp:
         tmp.write_text("\n".join(lines))
-    rep = repetition([text for item in samples for text in item["samples"]])
+    encode = get_encoding(cfg.tokenize.tokenizer).encode_ordinary
+    rep = repetition([encode(text) for item in samples for text in item["samples"]])
     write_json(paths.metrics / "generate.json", {"repetition": rep, "settings": settings})
     with tracking.attach(_run_id(paths), cfg, "generate", root=paths.root):
         tracking.log_metrics({f"samples/{k}": v for k, v in rep.items()

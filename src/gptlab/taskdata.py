@@ -89,8 +89,8 @@ def fetch(source: TaskSource, *, setting: str) -> Path:
     except LocalEntryNotFoundError as e:
         why = offline or "the hub did not serve it"
         raise TaskDataUnavailable(
-            f"{source.repo}@{source.revision[:12]} is not in the Hugging Face cache and cannot be downloaded "
-            f"({why}); download it once with network, or set `{setting}: local:PATH` to a copy"
+            f"{source.repo}@{source.revision[:7]} is not in the Hugging Face cache and cannot be downloaded "
+            f"({why}): set `{setting}: local:PATH` to a copy"
         ) from e
     except HfHubHTTPError as e:
         raise TaskDataUnavailable(f"the hub refused {source}: {str(e).splitlines()[0]}") from e
