@@ -311,7 +311,8 @@ def record_baselines(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
     write_json(paths.baselines / "samples.json", {"settings": settings(cfg.generate), "samples": result["samples"]})
     shared = {"gptlab.val_sha256": result["val_sha256"], "gptlab.eval.contexts": str(result["contexts"])}
     with tracking.stage_run(cfg, "baselines", name="gpt2-baselines", tags=shared, root=paths.root) as parent:
-        tracking.log_artifacts(paths.baselines / "metrics.json", artifact_path="baselines")
+        tracking.log_artifacts(paths.baselines / "metrics.json", paths.baselines / "samples.json",
+                               artifact_path="baselines")
         for name, entry in result["baselines"].items():
             tags = {**shared, "gptlab.baseline": name, "gptlab.measured": str(entry["measured"]).lower()}
             if not entry["measured"]:
