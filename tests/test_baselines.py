@@ -54,13 +54,14 @@ def _transformers_loss(folder: Path, tokens: np.ndarray, context: int) -> float:
     import transformers
 
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    windows = [torch.from_numpy(tokens[s : s + context + 1].astype(np.int64)) for s in range(0, len(tokens) - 1, context)]
+    full, tail = [w for w in windows if len(w) == context + 1], [w for w in windows if len(w) < context + 1]
     total, count = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(tokens) - 1, context):
-            window = torch.from_numpy(tokens[start : start + context + 1].astype(np.int64))[None]
-            logits = hf(window[:, :-1]).logits[0]
-            total += torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum").item()
-            count += window.size(1) - 1
+        for batch in [torch.stack(full[i : i + 256]) for i in range(0, len(full), 256)] + [w[None] for w in tail]:
+            logits = hf(batch[:, :-1]).logits
+            total += torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="sum").item()
+            count += batch[:, 1:].numel()
     return total / count
 
 
