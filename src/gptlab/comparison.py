@@ -7,15 +7,21 @@ so the report can show every cell it could not fill as "not measured: why", neve
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from gptlab.config import EvalConfig
 from gptlab.downstream import Encode, lambada, wikitext
+from gptlab.evaluate import perplexity
 from gptlab.model import GPT
 from gptlab.taskdata import TaskDataUnavailable, load_texts
+
+log = logging.getLogger(__name__)
 
 # (task, config key, field holding the text in the task's file)
 TASKS = (("lambada", "lambada", "text"), ("wikitext", "wikitext", "page"))
@@ -64,6 +70,27 @@ def measure_tasks(
         result = scorers[task](model, tasks.texts[task], encode=encode, context=context, batch_size=batch_size,
                                device=device, dtype=dtype)
         out[task] = measured(result.to_dict())
+    return out
+
+
+def measure_contexts(
+    model: GPT, name: str, *, contexts: Sequence[int], val: np.ndarray, tasks: Tasks, encode: Encode,
+    batch_size: int, device: torch.device, dtype: torch.dtype,
+) -> dict[str, dict[str, Any]]:
+    """``{"512": {"val", "lambada", "wikitext"}, ...}``: the val split and the tasks at each context; a context
+    beyond the model's positions is not measured."""
+    out: dict[str, dict[str, Any]] = {}
+    positions = model.config.block_size
+    for context in contexts:
+        if context > positions:
+            reason = f"context {context} exceeds {name}'s {positions} positions"
+            out[str(context)] = {part: not_measured(reason) for part in METRICS}
+            continue
+        val_result = perplexity(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype)
+        out[str(context)] = {"val": measured(val_result.to_dict()),
+                             **measure_tasks(model, tasks, context=context, encode=encode, batch_size=batch_size,
+                                             device=device, dtype=dtype)}
+        log.info("%s @%d: val ppl %.2f", name, context, val_result.ppl)
     return out
 
 

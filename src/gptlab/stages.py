@@ -233,10 +233,9 @@ def score_baseline(cfg: Config, paths: Paths, name: str, *, tasks: Any = None) -
     import torch
 
     from gptlab.baselines import BaselineUnavailable, display_name, load_baseline
-    from gptlab.comparison import load_tasks, measure_tasks, measured, not_measured
+    from gptlab.comparison import load_tasks, measure_contexts, not_measured
     from gptlab.data.loader import TokenSet, val_tokens
     from gptlab.data.tokenizer import get_encoding
-    from gptlab.evaluate import perplexity
     from gptlab.generate import sample_prompts
     from gptlab.repetition import repetition
 
@@ -246,31 +245,19 @@ def score_baseline(cfg: Config, paths: Paths, name: str, *, tasks: Any = None) -
     except BaselineUnavailable as e:
         log.warning("baseline %s: not measured: %s", name, e)
         return {"display": display_name(name), **not_measured(str(e))}, []
-    tasks = tasks if tasks is not None else load_tasks(cfg.eval)
-    val = val_tokens(TokenSet.open(paths.tokens, verify=False))
     enc = get_encoding(cfg.tokenize.tokenizer)
-    positions = model.config.block_size
-    contexts: dict[str, Any] = {}
-    for context in cfg.eval.contexts:
-        if context > positions:
-            contexts[str(context)] = {part: not_measured(f"context {context} exceeds {display_name(name)}'s "
-                                                         f"{positions} positions")
-                                      for part in ("val", "lambada", "wikitext")}
-            continue
-        val_result = perplexity(model, val, context=context, batch_size=cfg.eval.batch_size, device=device,
-                                dtype=dtype)
-        contexts[str(context)] = {"val": measured(val_result.to_dict()),
-                                  **measure_tasks(model, tasks, context=context, encode=enc.encode_ordinary,
-                                                  batch_size=cfg.eval.batch_size, device=device, dtype=dtype)}
-        log.info("baseline %s @%d: val ppl %.2f", name, context, val_result.ppl)
+    contexts = measure_contexts(
+        model, display_name(name), contexts=cfg.eval.contexts, val=val_tokens(TokenSet.open(paths.tokens)),
+        tasks=tasks if tasks is not None else load_tasks(cfg.eval), encode=enc.encode_ordinary,
+        batch_size=cfg.eval.batch_size, device=device, dtype=dtype,
+    )
     samples = sample_prompts(model, enc, cfg.generate)
-    params = model.num_params()
+    result = {"display": display_name(name), "measured": True, "params": model.num_params(),
+              "positions": model.config.block_size, "contexts": contexts,
+              "repetition": repetition([enc.encode_ordinary(t) for item in samples for t in item["samples"]])}
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the next baseline may be 10x larger
-    texts = [enc.encode_ordinary(text) for item in samples for text in item["samples"]]
-    result = {"display": display_name(name), "measured": True, "params": params, "positions": positions,
-              "contexts": contexts, "repetition": repetition(texts)}
     return result, samples
 
 
