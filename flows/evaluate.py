@@ -1,4 +1,4 @@
-"""The evaluate flow: score the trained model on the whole val split, then record it (file + MLflow)."""
+"""The evaluate flow: score the trained model on the whole val split, LAMBADA and WikiText-103, then record it."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 
 from gptlab.config import Config, load_config
-from gptlab.stages import Paths, record_evaluation, score
+from gptlab.stages import Paths, record_evaluation, score, score_downstream
 
 
 @task(name="score-val-split", cache_policy=NONE)
 def score_task(cfg: Config, paths: Paths) -> dict[str, Any]:
     return score(cfg, paths)
+
+
+@task(name="score-lambada-wikitext", cache_policy=NONE)
+def downstream_task(cfg: Config, paths: Paths) -> dict[str, Any]:
+    return score_downstream(cfg, paths)
 
 
 @task(name="record-evaluation", cache_policy=NONE, retries=2, retry_delay_seconds=5)
@@ -26,7 +31,7 @@ def record_task(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
 def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config(params, overrides or [])
     paths = Paths(Path(params).parent)
-    result = score_task(cfg, paths)
+    result = {**score_task(cfg, paths), **downstream_task(cfg, paths)}
     record_task(cfg, paths, result)
     return result
 

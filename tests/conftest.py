@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,8 @@ TINY = [
     "train.device=cpu", "train.dtype=float32", "train.batch_size=4", "train.grad_accum=2",
     "train.max_iters=80", "train.warmup_iters=4", "train.lr=1e-2", "train.min_lr=1e-3",
     "train.eval_interval=20", "train.eval_iters=2", "train.log_interval=10",
-    "eval.batch_size=64", "generate.max_new_tokens=12", "generate.num_samples=2",
+    "eval.batch_size=64", "eval.device=cpu", "eval.dtype=float32", "generate.max_new_tokens=12",
+    "generate.num_samples=2",
 ]
 
 
@@ -77,9 +78,12 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 
 def committed_params() -> str:
-    """params.yaml as committed: `make demo` (dvc exp run -S profile=demo) leaves the workspace copy on demo."""
-    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
-    return shown.stdout if shown.returncode == 0 else (REPO / "params.yaml").read_text()
+    """The workspace's params.yaml on the seed profile: `make demo` (`dvc exp run -S profile=demo`) leaves the
+    workspace copy on `profile: demo`, and the tests start from the seed experiment."""
+    text = (REPO / "params.yaml").read_text()
+    seeded, n = re.subn(r"^profile: *\S+", "profile: seed", text, count=1, flags=re.M)
+    assert n == 1, "params.yaml has no top-level `profile:` line"
+    return seeded
 
 
 @pytest.fixture
@@ -104,3 +108,44 @@ def tokens_dir(tiny_cfg: Config, project: Path, bpe_cache: Path) -> Path:
     download(tiny_cfg, paths)
     tokenize(tiny_cfg, paths)
     return paths.tokens
+
+
+# Tiny stand-ins for the downstream tasks' files, in the pinned files' formats (LAMBADA: jsonl with `text`;
+# WikiText-103: parquet with `page`, WikiText's own tokenization).
+LAMBADA_TEXTS = [
+    "The for statement is used to iterate over the elements of a sequence",
+    "A dictionary maps keys to values, and the keys of a dictionary are unique keys",
+    "He opened the door, looked at the garden and closed the door",
+]
+WIKITEXT_PAGES = [
+    " = Python = \n Python is a programming language . It was created in 1 @,@ 991 by Guido van Rossum , "
+    "and its name comes from a comedy group ( Monty Python ) . \n = = History = = \n Python 2 @.@ 0 was released "
+    "in 2000 . \n",
+    " = Iteration = \n A for loop runs its body once for each item of a well @-@ known sequence . \n",
+]
+
+
+def write_task_files(folder: Path) -> tuple[Path, Path]:
+    """``lambada.jsonl`` and ``wikitext.parquet`` in ``folder``: local sources for eval.lambada / eval.wikitext."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lambada = folder / "lambada.jsonl"
+    lambada.write_text("".join(json.dumps({"text": t}) + "\n" for t in LAMBADA_TEXTS))
+    wikitext = folder / "wikitext.parquet"
+    pq.write_table(pa.table({"page": WIKITEXT_PAGES}), wikitext)
+    return lambada, wikitext
+
+
+def save_tiny_gpt2(path: Path, *, n_positions: int = 24, seed: int = 0) -> Path:
+    """A tiny random transformers GPT-2 saved as a local Hugging Face folder: a baseline that loads offline."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=n_positions, vocab_size=50257)
+    transformers.GPT2LMHeadModel(config).save_pretrained(path)
+    return path

@@ -59,3 +59,24 @@ def test_ui_serves_the_embedded_store_on_loopback(project: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_export_hf_writes_a_folder_transformers_loads_with_the_same_logits(tmp_path: Path, capsys):
+    import torch
+    import transformers
+
+    from gptlab.checkpoint import save_checkpoint
+    from gptlab.cli import main
+    from gptlab.model import GPT
+
+    from .test_model import SMALL
+
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    save_checkpoint(tmp_path / "ckpt", model=model, meta={"step": 7})
+    assert main(["export-hf", str(tmp_path / "ckpt"), str(tmp_path / "hf")]) == 0
+    assert '"step": "7"' in capsys.readouterr().out
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    idx = torch.randint(0, SMALL.vocab_size, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx).logits, atol=1e-4, rtol=1e-4)

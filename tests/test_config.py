@@ -125,3 +125,16 @@ def test_hub_sources_must_pin_a_commit_and_data_settings_are_checked(project: Pa
     cfg = load_config(project / "params.yaml")
     assert cfg.data.source == "hf:Skylion007/openwebtext@79d93d786212f7344586290adb811d4ae6a1762c"
     assert cfg.data.expected_docs == 8_013_769 and cfg.tokenize.shard_tokens == 100_000_000
+
+def test_eval_settings_are_checked_with_the_expected_forms(project: Path):
+    with pytest.raises(ConfigError) as info:
+        load_config(project / "params.yaml", [
+            "eval.contexts=[0, 512]", "eval.lambada=hf:EleutherAI/lambada_openai", "eval.baselines=[gpt2, gpt2]",
+            "eval.device=tpu", "eval.plateau_evals=0"])
+    message = str(info.value)
+    assert "`eval.contexts` must list context lengths > 0 (e.g. [512, 1024]), got [0, 512]" in message
+    assert "`eval.lambada` must be `hf:OWNER/NAME@REVISION/FILE`, `local:PATH` or `none`" in message
+    assert "`eval.baselines` must list distinct, non-empty names or folders" in message
+    assert "`eval.device` must be auto, cpu, mps, cuda or cuda:N, got 'tpu'" in message
+    assert "`eval.plateau_evals` must be > 0, got 0" in message
+    assert len(info.value.problems) == 5

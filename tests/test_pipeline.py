@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from .conftest import REPO, TINY, committed_params
+from .conftest import REPO, TINY, committed_params, save_tiny_gpt2, write_task_files
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -54,7 +54,13 @@ def repo(tmp_path: Path, bpe_cache: Path) -> Path:
     for name in ("src", "flows", "profiles"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "params.yaml").write_text(committed_params().replace("profile: seed", "profile: tiny", 1))
-    (root / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(_profile(TINY)))
+    # Baselines: OpenAI's gpt2 (offline here: "not measured") and a tiny local GPT-2 folder (measured); local
+    # copies of LAMBADA / WikiText in their pinned files' formats.
+    lambada, wikitext = write_task_files(tmp_path / "tasks")
+    folder = save_tiny_gpt2(tmp_path / "tiny-gpt2")
+    evaluation = [f"eval.baselines=[gpt2, {folder}]", "eval.contexts=[16, 32]", f"eval.lambada=local:{lambada}",
+                  f"eval.wikitext=local:{wikitext}"]
+    (root / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(_profile(TINY + evaluation)))
     _run(["git", "init", "-q"], root)
     _run([str(BIN / "dvc"), "init", "-q"], root)
     _run(["git", "add", "-A"], root)
@@ -64,22 +70,31 @@ def repo(tmp_path: Path, bpe_cache: Path) -> Path:
 
 def test_dvc_repro_from_corpus_to_a_promoted_model(repo: Path):
     out = _run([str(BIN / "dvc"), "repro"], repo)
-    assert _ran(out) == ["download", "tokenize", "train", "evaluate", "generate", "report"]
+    assert _ran(out) == ["download", "tokenize", "train", "evaluate", "baselines", "generate", "report"]
 
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
     assert evaluation["model"]["tokens"] == evaluation["unigram"]["tokens"] > 10_000
     assert evaluation["model"]["ppl"] < evaluation["unigram"]["ppl"]  # the model learned to use context
+    assert evaluation["lambada"]["examples"] == 3 and evaluation["wikitext"]["documents"] == 2
+    baselines = json.loads((repo / "baselines" / "metrics.json").read_text())
+    assert baselines["val_sha256"] == evaluation["val_sha256"]
+    [local] = [e for e in baselines["baselines"].values() if e["measured"]]
+    assert local["contexts"]["16"]["val"]["tokens"] == evaluation["model"]["tokens"]  # the same val tokens
     samples = json.loads((repo / "samples" / "samples.json").read_text())
     assert [s["prompt"] for s in samples["samples"]] == list(yaml.safe_load(committed_params())["generate"]["prompts"])
     assert all(len(s["samples"]) == 2 for s in samples["samples"])
     report = (repo / "reports" / "report.md").read_text()
-    assert "gptlab (tiny)" in report and "unigram floor" in report
-    assert (repo / "reports" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "gptlab (tiny)" in report and "unigram floor" in report and "| tiny-gpt2 @16 " in report
+    assert "not measured: gpt2 is not in the local Hugging Face cache" in report
+    assert "| gpt2 (published) " in report
+    for png in ("loss.png", "val_ppl.png"):
+        assert (repo / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # One MLflow run holds params, per-step metrics and what the later stages added.
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
-    [run] = client.search_runs([client.get_experiment_by_name("gptlab").experiment_id])
+    experiment = client.get_experiment_by_name("gptlab").experiment_id
+    [run] = client.search_runs([experiment], filter_string="tags.`gptlab.stage` = 'train'")
     assert run.data.params["model.n_embd"] == "32" and run.data.params["profile"] == "tiny"
     assert all(math.isfinite(v) for v in run.data.metrics.values())
     assert run.data.metrics["eval/val_ppl"] == pytest.approx(evaluation["model"]["ppl"])
@@ -106,6 +121,7 @@ def test_dvc_repro_from_corpus_to_a_promoted_model(repo: Path):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["seed"] += 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    # The baselines depend on the data, not on our model: they are not measured again.
     assert _ran(_run([str(BIN / "dvc"), "repro"], repo)) == ["train", "evaluate", "generate", "report"]
     assert int(client.get_model_version_by_alias("gptlab", "candidate").version) == int(candidate.version) + 1
     assert int(client.get_model_version_by_alias("gptlab", "champion").version) == int(candidate.version)

@@ -57,7 +57,9 @@ def save_checkpoint(
     path = Path(path)
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != TIED}
     with atomic_dir(path) as tmp:
-        safetensors.torch.save_file(weights, tmp / WEIGHTS, metadata={"format": "gptlab", "version": "1"})
+        # One metadata key: safetensors writes its metadata map in hash order, which varies from save to save
+        # with two or more keys, so identical weights got different file hashes (the version is in meta.json).
+        safetensors.torch.save_file(weights, tmp / WEIGHTS, metadata={"format": "gptlab"})
         if optimizer is not None or state is not None:
             torch.save({"optimizer": optimizer.state_dict() if optimizer else None, "state": state}, tmp / OPTIMIZER)
         full_meta = {

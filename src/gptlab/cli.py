@@ -23,9 +23,13 @@ STAGE_HELP = {
     "download": "fetch the corpus named by data.source into data/raw/ (an interrupted hub download resumes)",
     "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json); a killed run resumes",
     "train": "train the model → models/final/, MLflow run, registered version with alias `candidate`",
-    "evaluate": "val loss / perplexity over the whole val split + unigram floor → metrics/eval.json",
+    "evaluate": "val loss / perplexity over the whole val split, unigram floor, LAMBADA, WikiText-103 "
+                "→ metrics/eval.json",
+    "baselines": "GPT-2 (eval.baselines) on the same val split, LAMBADA and WikiText-103 at eval.contexts, "
+                 "plus samples → baselines/; one MLflow run each",
     "generate": "samples for every prompt → samples/samples.{json,md}",
-    "report": "comparison table + loss curve → reports/",
+    "report": "comparison table (ours, GPT-2 measured and published, unigram floor), plots, samples side by side "
+              "→ reports/",
 }
 
 EXIT_CONFIG, EXIT_FAILED = 2, 1
@@ -130,6 +134,16 @@ def _seed_tokenizer(args: argparse.Namespace) -> dict[str, str]:
     return {"cache_file": str(target), "check": f"'Hello world' -> {ids}"}
 
 
+def _export_hf(args: argparse.Namespace) -> dict[str, str]:
+    from gptlab.checkpoint import load_model
+    from gptlab.hf import export_hf
+
+    model, ckpt = load_model(args.checkpoint)
+    out = export_hf(model, args.out)
+    return {"checkpoint": str(ckpt.path), "step": str(ckpt.step), "huggingface_folder": str(out),
+            "load_with": f"transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptlab",
@@ -156,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_ui)
+    p = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face GPT-2 folder (transformers loads it)")
+    p.add_argument("checkpoint", type=Path, nargs="?", default=Path("models/final"),
+                   help="gptlab checkpoint directory (default: models/final)")
+    p.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
+    p.set_defaults(func=_export_hf)
     p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines)")
     p.add_argument("source", type=Path, help="a gpt2.tiktoken / r50k_base.tiktoken file, or the openai-whisper sdist")
     p.set_defaults(func=_seed_tokenizer)

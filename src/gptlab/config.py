@@ -131,7 +131,26 @@ class EvalConfig:
     """``eval``: the evaluate stage."""
 
     batch_size: int
-    """Windows per forward pass when scoring the val split."""
+    """Windows per forward pass when scoring the val split, LAMBADA and WikiText (no gradients, so this can be
+    several times train.batch_size)."""
+    device: str
+    """Where the evaluate and baselines stages run: ``auto`` (cuda when present, else cpu), ``cpu``, ``cuda:N``."""
+    dtype: Literal["auto", "float32", "bfloat16"]
+    """Autocast precision of evaluation; ``auto`` is bfloat16 on CUDA and float32 on CPU."""
+    contexts: tuple[int, ...]
+    """Context lengths at which every GPT-2 baseline is scored on the val split, LAMBADA and WikiText (our model
+    is scored at its own model.block_size); a context beyond a baseline's positions is reported as not measured."""
+    baselines: tuple[str, ...]
+    """GPT-2 checkpoints scored with the same code on the same val tokens: ``gpt2``, ``gpt2-medium``,
+    ``gpt2-large``, ``gpt2-xl`` (Hugging Face hub or its cache) or a local Hugging Face GPT-2 folder; [] for none."""
+    lambada: str
+    """LAMBADA (OpenAI's test split, 5,153 passages): ``hf:OWNER/NAME@REVISION/FILE`` (a pinned file of a hub
+    dataset repo), ``local:PATH`` (.jsonl with a ``text`` key or .parquet with a ``text`` column) or ``none``."""
+    wikitext: str
+    """WikiText-103 test documents: ``hf:OWNER/NAME@REVISION/FILE``, ``local:PATH`` (.jsonl or .parquet with a
+    ``page`` field, one document per row) or ``none``."""
+    plateau_evals: int
+    """The report's loss plateau is the mean val loss of the last N periodic evals of training."""
 
 
 @dataclass(frozen=True)
@@ -371,6 +390,7 @@ _SECTION_TYPES: dict[str, type] = {
 _SOURCE_RE = re.compile(r"^(demo|hf:[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?|local:.+)$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_TASK_SOURCE_RE = re.compile(r"^(none|local:.+|hf:[\w.\-]+/[\w.\-]+@[\w.\-]+/.+)$")
 
 
 def _bounds(section: str, obj: Any, keys: list[str], problems: list[str], *, allow_zero: bool = False) -> None:
@@ -435,7 +455,18 @@ def _check_train(t: TrainConfig, p: list[str]) -> None:
 
 
 def _check_eval(e: EvalConfig, p: list[str]) -> None:
-    _bounds("eval", e, ["batch_size"], p)
+    _bounds("eval", e, ["batch_size", "plateau_evals"], p)
+    if not _DEVICE_RE.match(e.device):
+        p.append(f"`eval.device` must be auto, cpu, mps, cuda or cuda:N, got {e.device!r}")
+    if not e.contexts or any(c <= 0 for c in e.contexts):
+        p.append(f"`eval.contexts` must list context lengths > 0 (e.g. [512, 1024]), got {list(e.contexts)}")
+    if any(not name.strip() for name in e.baselines) or len(set(e.baselines)) != len(e.baselines):
+        p.append(f"`eval.baselines` must list distinct, non-empty names or folders, got {list(e.baselines)}")
+    for key in ("lambada", "wikitext"):
+        if not _TASK_SOURCE_RE.match(getattr(e, key)):
+            p.append(
+                f"`eval.{key}` must be `hf:OWNER/NAME@REVISION/FILE`, `local:PATH` or `none`, got {getattr(e, key)!r}"
+            )
 
 
 def _check_generate(g: GenerateConfig, p: list[str]) -> None:

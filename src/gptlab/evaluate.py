@@ -1,5 +1,10 @@
 """Perplexity over the whole validation split, in deterministic non-overlapping windows, plus the unigram floor.
 
+Every model is scored by this code: ours, and the GPT-2 baselines after :mod:`gptlab.hf` loads them into our
+GPT. The forward runs under ``torch.inference_mode`` (no autograd bookkeeping), in batches larger than training's,
+with bf16 autocast where supported, and without a host sync per batch; ``benchmarks/bench_eval.py`` measures it
+against a training step.
+
 The unigram floor is the perplexity of a model that ignores context: token frequencies of the train split
 (add-one smoothed) scored on exactly the tokens the language model is scored on. A model that does not beat
 it has learned nothing about context.
@@ -15,9 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gptlab.data.loader import sequential_windows
+from gptlab.data.loader import sequential_windows, to_device
 from gptlab.model import GPT
 from gptlab.train import autocast
+
+UPCAST_BYTES = 1 << 30  # float32 logits upcast at once when scoring: rows × T × V × 4 bytes stays under 1 GiB
 
 
 @dataclass(frozen=True)
@@ -33,7 +40,27 @@ class Perplexity:
         return asdict(self)
 
 
-@torch.no_grad()
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, greedy: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T, V) logits, (B, T) targets → (B, T) float32 log-probabilities of the targets and, with ``greedy``,
+    (B, T) bool: the target is the most likely token.
+
+    Upcasts a few rows at a time, so a bf16 batch of 50K-way logits is never copied to float32 whole.
+    """
+    B, T, V = logits.shape
+    rows = max(1, UPCAST_BYTES // (T * V * 4))
+    logp = torch.empty((B, T), dtype=torch.float32, device=logits.device)
+    hits = torch.empty((B, T), dtype=torch.bool, device=logits.device) if greedy else None
+    for i in range(0, B, rows):
+        chunk = logits[i : i + rows].float()  # (b, T, V)
+        target = targets[i : i + rows]  # (b, T)
+        logp[i : i + rows] = -F.cross_entropy(chunk.transpose(1, 2), target, reduction="none")
+        if hits is not None:
+            hits[i : i + rows] = chunk.argmax(dim=-1) == target
+    return logp, hits
+
+
+@torch.inference_mode()
 def perplexity(
     model: GPT,
     tokens: np.ndarray,
@@ -49,20 +76,19 @@ def perplexity(
         raise ValueError(f"context {context} exceeds the model's block_size {model.config.block_size}")
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per batch
+    count = 0
     start = time.perf_counter()
     with autocast(device, dtype):
         for x, y in sequential_windows(tokens, block_size=context, batch_size=batch_size, max_tokens=max_tokens):
-            xt = torch.from_numpy(x.astype(np.int64)).to(device)
-            yt = torch.from_numpy(y.astype(np.int64)).to(device)
-            logits = model(xt).logits
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), yt.view(-1), reduction="sum")
-            total += loss.item()
+            yt = to_device(y, device)
+            logp, _ = target_logprobs(model(to_device(x, device)).logits, yt)
+            total -= logp.sum(dtype=torch.float64)
             count += yt.numel()
     model.train(was_training)
     if count == 0:
         raise ValueError("no tokens to score: the validation split needs at least 2 tokens")
-    mean = total / count
+    mean = total.item() / count
     return Perplexity(loss=mean, ppl=math.exp(mean), tokens=count, seconds=time.perf_counter() - start)
 
 

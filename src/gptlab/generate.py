@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import tiktoken
 import torch
 
+from gptlab.config import GenerateConfig
 from gptlab.data.tokenizer import EOT
 from gptlab.model import GPT, KVCache
 
@@ -98,3 +100,20 @@ def generate_text(
     """Decoded continuations of ``prompt`` (the prompt itself is not repeated)."""
     ids = enc.encode_ordinary(prompt)
     return [enc.decode(out) for out in sample(model, ids, num_samples=num_samples, sampling=sampling, seed=seed)]
+
+
+def sample_prompts(model: GPT, enc: tiktoken.Encoding, g: GenerateConfig) -> list[dict[str, Any]]:
+    """``[{"prompt", "samples"}]`` for every prompt of ``g``, seeded per prompt (adding a prompt does not change
+    the others), so every model sampled with the same ``g`` gets the same prompts, settings and seeds."""
+    sampling = Sampling(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
+    return [
+        {"prompt": prompt,
+         "samples": generate_text(model, enc, prompt, num_samples=g.num_samples, sampling=sampling, seed=g.seed + i)}
+        for i, prompt in enumerate(g.prompts)
+    ]
+
+
+def settings(g: GenerateConfig) -> dict[str, Any]:
+    """The sampling settings recorded beside samples."""
+    return {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
+            "num_samples": g.num_samples, "seed": g.seed}

@@ -55,12 +55,15 @@ def from_hf_state(hf_config, state: dict[str, torch.Tensor]) -> GPT:
     return model
 
 
-def load_hf_gpt2(name_or_path: str, *, device: str | torch.device = "cpu") -> GPT:
-    """OpenAI's GPT-2 (``gpt2`` … ``gpt2-xl`` on the hub) or a local Hugging Face folder, as a gptlab GPT."""
+def load_hf_gpt2(name_or_path: str, *, device: str | torch.device = "cpu", local_files_only: bool = False) -> GPT:
+    """OpenAI's GPT-2 (``gpt2`` … ``gpt2-xl`` on the hub) or a local Hugging Face folder, as a gptlab GPT.
+
+    ``local_files_only`` reads only a local folder or the hub cache (no network attempt).
+    """
     try:
         from transformers import GPT2LMHeadModel
 
-        hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32)
+        hf = GPT2LMHeadModel.from_pretrained(name_or_path, dtype=torch.float32, local_files_only=local_files_only)
     except (OSError, ValueError) as e:
         where = "a local folder" if Path(name_or_path).exists() else "the Hugging Face hub (network, or its cache)"
         raise HFImportError(f"cannot load {name_or_path!r} from {where}: {e}") from e

@@ -48,6 +48,10 @@ class Paths:
     def reports(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
+
 
 def download(cfg: Config, paths: Paths) -> dict[str, Any]:
     from gptlab.data.download import download as run
@@ -130,35 +134,65 @@ def _run_id(paths: Paths) -> str | None:
     return open_checkpoint(paths.model).meta.get("mlflow_run_id")
 
 
+def _eval_device(cfg: Config) -> tuple[Any, Any]:
+    from gptlab.train import resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.eval.device)
+    return device, resolve_dtype(cfg.eval.dtype, device)
+
+
 def score(cfg: Config, paths: Paths) -> dict[str, Any]:
     """Loss and perplexity of the trained model over the whole val split, and the unigram floor."""
     from gptlab.checkpoint import load_model
     from gptlab.data.loader import TokenSet, val_tokens
     from gptlab.evaluate import perplexity, unigram_floor
-    from gptlab.train import resolve_device, resolve_dtype
 
-    device = resolve_device(cfg.train.device)
+    device, dtype = _eval_device(cfg)
     model, ckpt = load_model(paths.model, device=device)
     tokens = TokenSet.open(paths.tokens, verify=True)
     val = val_tokens(tokens)
     context = model.config.block_size
-    ours = perplexity(model, val, context=context, batch_size=cfg.eval.batch_size, device=device,
-                      dtype=resolve_dtype(cfg.train.dtype, device))
+    ours = perplexity(model, val, context=context, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
     floor = unigram_floor(tokens.unigram_counts(), val)
     return {
         "context": context,
         "val_sha256": tokens.meta["val_sha256"],
         "checkpoint_step": ckpt.step,
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
         "model": ours.to_dict(),
         "unigram": floor.to_dict(),
         "beats_unigram": ours.ppl < floor.ppl,
     }
 
 
+def score_downstream(cfg: Config, paths: Paths) -> dict[str, Any]:
+    """LAMBADA and WikiText-103 of the trained model at its own context (or why they are not measured)."""
+    from gptlab.checkpoint import load_model
+    from gptlab.comparison import load_tasks, measure_tasks
+    from gptlab.data.tokenizer import get_encoding
+
+    device, dtype = _eval_device(cfg)
+    tasks = load_tasks(cfg.eval)
+    model, _ = load_model(paths.model, device=device)
+    encode = get_encoding(cfg.tokenize.tokenizer).encode_ordinary
+    results = measure_tasks(model, tasks, context=model.config.block_size, encode=encode,
+                            batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    return {**results, "tasks": tasks.provenance}
+
+
+def _not_measured_tags(results: dict[str, Any], prefix: str = "gptlab.not_measured") -> dict[str, str]:
+    return {f"{prefix}.{task}": results[task]["reason"][:5000] for task in ("lambada", "wikitext")
+            if task in results and not results[task]["measured"]}
+
+
 def record_evaluation(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
     from gptlab import tracking
+    from gptlab.comparison import context_metrics, measured
 
     write_json(paths.metrics / "eval.json", result)
+    downstream = {task: result[task] for task in ("lambada", "wikitext") if task in result}
+    by_context = context_metrics({"val": measured(result["model"]), **downstream}, result["context"])
     with tracking.attach(_run_id(paths), cfg, "evaluate", root=paths.root) as run_id:
         tracking.log_metrics(
             {
@@ -167,8 +201,11 @@ def record_evaluation(cfg: Config, paths: Paths, result: dict[str, Any]) -> None
                 "eval/unigram_loss": result["unigram"]["loss"],
                 "eval/unigram_ppl": result["unigram"]["ppl"],
                 "eval/tokens_per_sec": result["model"]["tokens"] / max(result["model"]["seconds"], 1e-9),
+                **{name.removesuffix(f"_ctx{result['context']}"): v for name, v in by_context.items()},
+                **by_context,
             }
         )
+        tracking.set_tags({"gptlab.val_sha256": result["val_sha256"], **_not_measured_tags(downstream)})
         tracking.log_artifacts(paths.metrics / "eval.json", artifact_path="metrics")
         tracking.tag_versions_of_run(
             cfg.tracking.registered_model, run_id,
@@ -179,7 +216,7 @@ def record_evaluation(cfg: Config, paths: Paths, result: dict[str, Any]) -> None
 
 
 def evaluate(cfg: Config, paths: Paths) -> dict[str, Any]:
-    result = score(cfg, paths)
+    result = {**score(cfg, paths), **score_downstream(cfg, paths)}
     record_evaluation(cfg, paths, result)
     log.info(
         "evaluate: val ppl %.2f over %d tokens (unigram floor %.2f)",
@@ -188,40 +225,144 @@ def evaluate(cfg: Config, paths: Paths) -> dict[str, Any]:
     return result
 
 
+# ------------------------------------------------------------------------------------------ baselines
+
+
+def score_baseline(cfg: Config, paths: Paths, name: str, *, tasks: Any = None) -> tuple[dict[str, Any], list]:
+    """One GPT-2 baseline on the val split, LAMBADA and WikiText at every ``eval.contexts`` that fits it, and
+    its samples for the ``generate`` prompts; ``({"measured": false, "reason": why}, [])`` if it cannot load."""
+    import torch
+
+    from gptlab.baselines import BaselineUnavailable, display_name, load_baseline
+    from gptlab.comparison import load_tasks, measure_contexts, not_measured
+    from gptlab.data.loader import TokenSet, val_tokens
+    from gptlab.data.tokenizer import get_encoding
+    from gptlab.generate import sample_prompts
+    from gptlab.repetition import repetition
+
+    device, dtype = _eval_device(cfg)
+    try:
+        model = load_baseline(name, device=device)
+    except BaselineUnavailable as e:
+        log.warning("baseline %s: not measured: %s", name, e)
+        return {"display": display_name(name), **not_measured(str(e))}, []
+    enc = get_encoding(cfg.tokenize.tokenizer)
+    contexts = measure_contexts(
+        model, display_name(name), contexts=cfg.eval.contexts, val=val_tokens(TokenSet.open(paths.tokens)),
+        tasks=tasks if tasks is not None else load_tasks(cfg.eval), encode=enc.encode_ordinary,
+        batch_size=cfg.eval.batch_size, device=device, dtype=dtype,
+    )
+    samples = sample_prompts(model, enc, cfg.generate)
+    result = {"display": display_name(name), "measured": True, "params": model.num_params(),
+              "positions": model.config.block_size, "contexts": contexts,
+              "repetition": repetition([enc.encode_ordinary(t) for item in samples for t in item["samples"]])}
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the next baseline may be 10x larger
+    return result, samples
+
+
+def score_baselines(cfg: Config, paths: Paths) -> dict[str, Any]:
+    """Every ``eval.baselines`` entry, measured with the code and the val tokens our model is measured with."""
+    from gptlab.baselines import is_local
+    from gptlab.comparison import load_tasks
+    from gptlab.data.loader import TokenSet
+
+    tokens = TokenSet.open(paths.tokens, verify=True)
+    device, dtype = _eval_device(cfg)
+    tasks = load_tasks(cfg.eval) if cfg.eval.baselines else None
+    results, samples = {}, {}
+    for name in cfg.eval.baselines:
+        results[name], samples[name] = score_baseline(cfg, paths, name, tasks=tasks)
+        results[name]["source"] = "local folder" if is_local(name) else "Hugging Face hub"
+    return {
+        "val_sha256": tokens.meta["val_sha256"],
+        "val_tokens": tokens.tokens("val"),
+        "contexts": list(cfg.eval.contexts),
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "tasks": tasks.provenance if tasks is not None else {},
+        "baselines": results,
+        "samples": samples,
+    }
+
+
+def record_baselines(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
+    """``baselines/metrics.json`` + ``baselines/samples.json``, and one MLflow run per baseline (nested under one
+    run for this stage), each tagged with the val split's sha256."""
+    from gptlab import tracking
+    from gptlab.comparison import context_metrics
+    from gptlab.generate import settings
+
+    metrics = {k: v for k, v in result.items() if k != "samples"}
+    write_json(paths.baselines / "metrics.json", metrics)
+    write_json(paths.baselines / "samples.json", {"settings": settings(cfg.generate), "samples": result["samples"]})
+    shared = {"gptlab.val_sha256": result["val_sha256"], "gptlab.eval.contexts": str(result["contexts"])}
+    with tracking.stage_run(cfg, "baselines", name="gpt2-baselines", tags=shared, root=paths.root) as parent:
+        tracking.log_artifacts(paths.baselines / "metrics.json", paths.baselines / "samples.json",
+                               artifact_path="baselines")
+        for name, entry in result["baselines"].items():
+            tags = {**shared, "gptlab.baseline": name, "gptlab.measured": str(entry["measured"]).lower()}
+            if not entry["measured"]:
+                tags["gptlab.not_measured"] = entry["reason"][:5000]
+            with tracking.stage_run(cfg, "baselines", name=f"baseline {entry['display']}", tags=tags,
+                                    parent_run_id=parent, root=paths.root):
+                tracking.log_params({"baseline": name, "eval.contexts": result["contexts"],
+                                     "eval.device": result["device"], "eval.dtype": result["dtype"]})
+                if not entry["measured"]:
+                    continue
+                metrics_by_context: dict[str, float] = {}
+                for context, parts in entry["contexts"].items():
+                    metrics_by_context.update(context_metrics(parts, int(context)))
+                    tracking.set_tags(_not_measured_tags(parts, prefix=f"gptlab.not_measured.ctx{context}"))
+                rep = {f"samples/{k}": v for k, v in entry["repetition"].items()
+                       if k in ("distinct_1", "distinct_2", "rep_4") and v is not None}
+                tracking.log_metrics({**metrics_by_context, **rep, "params": entry["params"]})
+
+
+def baselines(cfg: Config, paths: Paths) -> dict[str, Any]:
+    result = score_baselines(cfg, paths)
+    record_baselines(cfg, paths, result)
+    return {name: ("measured" if entry["measured"] else f"not measured: {entry['reason']}")
+            for name, entry in result["baselines"].items()}
+
+
+# ------------------------------------------------------------------------------------------- generate
+
+
 def sample(cfg: Config, paths: Paths) -> list[dict[str, Any]]:
     """Every prompt's samples, seeded per prompt so adding a prompt does not change the others."""
     from gptlab.checkpoint import load_model
     from gptlab.data.tokenizer import get_encoding
-    from gptlab.generate import Sampling, generate_text
+    from gptlab.generate import sample_prompts
     from gptlab.train import resolve_device
 
-    g = cfg.generate
     model, _ = load_model(paths.model, device=resolve_device(cfg.train.device))
-    enc = get_encoding(cfg.tokenize.tokenizer)
-    sampling = Sampling(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p)
-    return [
-        {"prompt": prompt, "samples": generate_text(model, enc, prompt, num_samples=g.num_samples,
-                                                    sampling=sampling, seed=g.seed + i)}
-        for i, prompt in enumerate(g.prompts)
-    ]
+    return sample_prompts(model, get_encoding(cfg.tokenize.tokenizer), cfg.generate)
 
 
 def record_samples(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> None:
     from gptlab import tracking
+    from gptlab.data.tokenizer import get_encoding
+    from gptlab.generate import settings as sampling_settings
+    from gptlab.report import quote
+    from gptlab.repetition import repetition
 
-    g = cfg.generate
-    settings = {"temperature": g.temperature, "top_k": g.top_k, "top_p": g.top_p,
-                "max_new_tokens": g.max_new_tokens, "seed": g.seed}
+    settings = sampling_settings(cfg.generate)
     write_json(paths.samples / "samples.json", {"settings": settings, "samples": samples})
     lines = ["# Samples", "", f"Settings: {settings}", ""]
     for item in samples:
         lines += [f"## {item['prompt']!r}", ""]
         for i, text in enumerate(item["samples"], start=1):
-            body = "\n".join(f"> {line}" for line in (item["prompt"] + text).splitlines()) or ">"
-            lines += [f"Sample {i}:", "", body, ""]
+            lines += [f"Sample {i}:", "", quote(item["prompt"] + text), ""]
     with atomic_path(paths.samples / "samples.md") as tmp:
         tmp.write_text("\n".join(lines))
+    encode = get_encoding(cfg.tokenize.tokenizer).encode_ordinary
+    rep = repetition([encode(text) for item in samples for text in item["samples"]])
+    write_json(paths.metrics / "generate.json", {"repetition": rep, "settings": settings})
     with tracking.attach(_run_id(paths), cfg, "generate", root=paths.root):
+        tracking.log_metrics({f"samples/{k}": v for k, v in rep.items()
+                              if k in ("distinct_1", "distinct_2", "rep_4") and v is not None})
         tracking.log_artifacts(paths.samples / "samples.json", paths.samples / "samples.md", artifact_path="samples")
 
 
@@ -235,6 +376,9 @@ def generate(cfg: Config, paths: Paths) -> dict[str, Any]:
     return samples_summary(samples)
 
 
+# --------------------------------------------------------------------------------------------- report
+
+
 def report(cfg: Config, paths: Paths) -> dict[str, Any]:
     from gptlab import tracking
     from gptlab.report import build_report
@@ -242,9 +386,12 @@ def report(cfg: Config, paths: Paths) -> dict[str, Any]:
     out = build_report(
         train_metrics=paths.metrics / "train.json", eval_metrics=paths.metrics / "eval.json",
         curve=paths.metrics / "train_curve.csv", out_dir=paths.reports,
+        generate_metrics=paths.metrics / "generate.json", baselines=paths.baselines / "metrics.json",
+        samples=paths.samples / "samples.json", baseline_samples=paths.baselines / "samples.json",
+        plateau_evals=cfg.eval.plateau_evals,
     )
     with tracking.attach(_run_id(paths), cfg, "report", root=paths.root):
-        tracking.log_artifacts(out.markdown, out.csv, out.loss_png, artifact_path="report")
+        tracking.log_artifacts(*out.files(), artifact_path="report")
     evaluation = read_json(paths.metrics / "eval.json")
     return {
         "report": str(out.markdown),
@@ -259,6 +406,7 @@ STAGES = {
     "tokenize": tokenize,
     "train": train,
     "evaluate": evaluate,
+    "baselines": baselines,
     "generate": generate,
     "report": report,
 }

@@ -154,8 +154,31 @@ def attach(run_id: str | None, cfg: Config, stage: str, *, root: str | Path = ".
         yield run_id
 
 
+@contextlib.contextmanager
+def stage_run(cfg: Config, stage: str, *, name: str, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None, root: str | Path = ".") -> Iterator[str]:
+    """A run of its own for a stage's results (one per GPT-2 baseline), nested under ``parent_run_id`` if given."""
+    client = configure(root)
+    exp = experiment_id(cfg.tracking.experiment, root)
+    all_tags = {**run_tags(cfg, stage, root), **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run_id = client.create_run(exp, tags=all_tags, run_name=name).info.run_id
+    with mlflow.start_run(run_id=run_id, nested=parent_run_id is not None):
+        yield run_id
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_params(params: dict[str, Any]) -> None:
+    mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+
+
+def set_tags(tags: dict[str, Any]) -> None:
+    if tags:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
 
 def log_artifacts(*paths: str | Path, artifact_path: str | None = None) -> None:

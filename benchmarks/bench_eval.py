@@ -1,0 +1,117 @@
+"""Evaluation throughput of the seed model against a training step, measured in the same run.
+
+The evaluate stage scores the whole val split (OpenWebText's is ~4.4M tokens) with
+:func:`gptlab.evaluate.perplexity`: no autograd, larger batches, bf16 autocast on CUDA. Per token it should run
+several times faster than a training step (forward + backward + AdamW). This prints one table:
+
+    python benchmarks/bench_eval.py                     # the seed model (params.yaml), 4.4M synthetic val tokens
+    python benchmarks/bench_eval.py --tokens 131072     # a quick run (CPU)
+
+Token values do not change the cost of a forward, so the val shard is synthetic (seeded random ids) unless
+``--text FILE`` is given (tokenized with GPT-2's BPE and repeated to ``--tokens``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptlab.config import load_config
+from gptlab.evaluate import perplexity
+from gptlab.model import GPT
+from gptlab.train import autocast, resolve_device, resolve_dtype
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def val_shard(n: int, *, text: Path | None, vocab: int) -> np.ndarray:
+    if text is None:
+        return np.random.default_rng(0).integers(0, vocab, size=n + 1, dtype=np.int64).astype(np.uint16)
+    from gptlab.data.tokenizer import get_encoding
+
+    ids = np.array(get_encoding("gpt2").encode_ordinary(text.read_text()), dtype=np.uint16)
+    return np.resize(ids, n + 1)  # repeated to length
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_step_rate(model: GPT, *, batch: int, context: int, steps: int, device: torch.device,
+                    dtype: torch.dtype) -> tuple[float, float]:
+    """Tokens/s and seconds per step of forward + backward + AdamW step (what train.py does per micro-batch)."""
+    model.train()
+    opt = model.configure_optimizer(lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95), device_type=device.type)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen).to(device)
+    y = torch.randint(0, model.config.vocab_size, (batch, context), generator=gen).to(device)
+    times = []
+    for step in range(steps + 1):  # the first step warms up allocators and kernels
+        sync(device)
+        start = time.perf_counter()
+        with autocast(device, dtype):
+            loss = model(x, y).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        if step:
+            times.append(time.perf_counter() - start)
+    per_step = float(np.median(times))
+    return batch * context / per_step, per_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=4_400_000, help="val tokens to score (default: 4.4M)")
+    parser.add_argument("--batch-size", type=int, default=None, help="eval windows per forward (default: eval.batch_size)")
+    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (median reported)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
+    parser.add_argument("--text", type=Path, default=None, help="real text to tokenize and repeat instead")
+    args = parser.parse_args()
+
+    cfg = load_config(REPO / "params.yaml", ["profile=seed"])
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    context, train_batch = cfg.model.block_size, cfg.train.batch_size
+    eval_batch = args.batch_size or cfg.eval.batch_size
+    torch.manual_seed(0)
+    model = GPT(cfg.model).to(device)
+    tokens = val_shard(args.tokens, text=args.text, vocab=50257)
+
+    train_rate, step_s = train_step_rate(model, batch=train_batch, context=context, steps=args.train_steps,
+                                         device=device, dtype=dtype)
+    perplexity(model, tokens, context=context, batch_size=eval_batch, device=device, dtype=dtype,
+               max_tokens=eval_batch * context)  # warm-up
+    sync(device)
+    result = perplexity(model, tokens, context=context, batch_size=eval_batch, device=device, dtype=dtype)
+    eval_rate = result.tokens / result.seconds
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"seed model {cfg.model.n_layer}/{cfg.model.n_head}/{cfg.model.n_embd}, context {context}, "
+          f"{model.num_params() / 1e6:.1f}M params; {device} ({name}), {str(dtype).removeprefix('torch.')}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print()
+    print("| measurement                          | batch      | tokens     | seconds | tokens/s  | vs train step |")
+    print("|--------------------------------------|------------|------------|---------|-----------|---------------|")
+    print(f"| train step (forward+backward+AdamW)  | {train_batch:>3} x {context:<4} | {train_batch * context:>10,} "
+          f"| {step_s:>7.2f} | {train_rate:>9,.0f} |         1.00x |")
+    print(f"| eval forward (gptlab.evaluate)       | {eval_batch:>3} x {context:<4} | {result.tokens:>10,} "
+          f"| {result.seconds:>7.1f} | {eval_rate:>9,.0f} | {eval_rate / train_rate:>12.2f}x |")
+    print()
+    print(f"val loss {result.loss:.3f} (an untrained model on {'real' if args.text else 'random'} tokens: "
+          f"~ln 50257 = 10.8 expected)")
+
+
+if __name__ == "__main__":
+    main()
