@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-CORE = ["gptlab.model", "gptlab.train", "gptlab.evaluate", "gptlab.generate", "gptlab.checkpoint",
+CORE = ["gptlab.model", "gptlab.train", "gptlab.distributed", "gptlab.hardware", "gptlab.evaluate", "gptlab.generate", "gptlab.checkpoint",
         "gptlab.data.loader", "gptlab.data.tokenize", "gptlab.data.download", "gptlab.config", "gptlab.report"]
 
 

@@ -21,8 +21,6 @@ from gptlab.checkpoint import checkpoint_steps, open_checkpoint
 
 from .conftest import TINY
 
-pytestmark = pytest.mark.slow
-
 STEPS = 60
 ARGS = ["profile=demo", *TINY, f"train.max_iters={STEPS}", "train.checkpoint_interval=10", "train.log_interval=1",
         "train.eval_interval=10"]
@@ -84,6 +82,7 @@ def _run(client: MlflowClient) -> str:
     return runs[0].info.run_id
 
 
+@pytest.mark.slow
 def test_resume_after_kill_matches_uninterrupted_run(project, tokens_dir, tmp_path):
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -144,3 +143,23 @@ def test_resume_after_kill_matches_uninterrupted_run(project, tokens_dir, tmp_pa
     assert open_checkpoint(project / "models" / "final").meta["mlflow_run_id"] == run_id
     assert [str(v.version) for v in ours.search_model_versions("name='gptlab'")] == ["1"]
     assert killed_at[0] < latest[1] < killed_at[1]
+
+
+def test_a_resumed_run_logs_each_step_once(tiny_cfg, project):
+    """Steps 1-5 reached MLflow before the kill; the resumed loop re-sends 1-8: the run holds 1-8, once each."""
+    with tracking.training_run(tiny_cfg, root=project) as tracker:
+        for step in range(1, 6):
+            tracker.log_metrics({"train/loss": 10.0 - step}, step=step)
+        tracker.log_metrics({"val/loss": 9.0}, step=4)
+    with tracking.training_run(tiny_cfg, root=project, run_id=tracker.run_id) as resumed:
+        for step in range(1, 9):
+            resumed.log_metrics({"train/loss": 10.0 - step, "val/loss": 8.0}, step=step)
+    client = tracking.configure(project)
+    history = client.get_metric_history(tracker.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, 9))
+    # Per metric: val/loss had reached step 4, so the re-sent steps 1-3 are not new either.
+    assert sorted(m.step for m in client.get_metric_history(tracker.run_id, "val/loss")) == [4, 5, 6, 7, 8]
+    assert {m.step: m.value for m in client.get_metric_history(tracker.run_id, "val/loss")}[4] == 9.0
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["gptlab.resumes"] == "1"
+    assert len(client.search_runs([run.info.experiment_id])) == 1

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -171,8 +170,8 @@ def latest_checkpoint(root: str | Path) -> TrainingCheckpoint | None:
             ckpt = open_checkpoint(path)
             weights = load_weights(ckpt)
             state = load_training_state(path)
-        except (CheckpointError, OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError) as e:
-            log.warning("skipping checkpoint %s: %s", path, e)
+        except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (torch's unpickler: IndexError…)
+            log.warning("skipping checkpoint %s: %s: %s", path, type(e).__name__, e)
             continue
         if not isinstance(state.get("state"), dict) or "step" not in state["state"]:
             log.warning("skipping checkpoint %s: %s holds no training-loop state", path, OPTIMIZER)
