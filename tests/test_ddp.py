@@ -32,9 +32,9 @@ pytestmark = pytest.mark.slow
 STEPS = 24
 ARGS = ["profile=demo", *TINY, f"train.max_iters={STEPS}", "train.nproc_per_node=2", "train.checkpoint_interval=5",
         "train.log_interval=1", "train.eval_interval=8"]
-# fp32 sums in a different order (the all-reduce adds two half-batch gradients, the reference one full batch;
-# the loss runs through the chunked path, the reference through full logits): after 24 AdamW steps the weights
-# agree to ~2e-6 (measured); drawing the windows of one process instead of two moves them by ~0.25.
+# fp32 sums in a different order (the all-reduce adds two half-batch gradients, the reference one full batch):
+# after 24 AdamW steps the weights agree to ~2e-6 (measured); drawing the windows of one process instead of
+# two moves them by ~0.25.
 TOLERANCE = 1e-5
 
 

@@ -110,79 +110,8 @@ class Block(nn.Module):
 
 @dataclass(frozen=True)
 class ForwardOutput:
-    logits: torch.Tensor | None
-    """(B, T, vocab); None when the forward was asked for the loss only (``return_logits=False``)."""
+    logits: torch.Tensor
     loss: torch.Tensor | None
-
-
-def _compute_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
-    """The dtype autocast would run a matmul in here (``dtype`` itself outside autocast)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return dtype
-
-
-class _ChunkedLinearCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``h @ w.T`` against ``targets`` (-1 = ignore), a block of rows at a time.
-
-    The logits of a whole batch (B·T × vocab: 824 MB in fp32 for 8 × 512 tokens and GPT-2's vocabulary) are
-    never materialised: each block's logits are made, turned into the block's loss and its gradients with
-    respect to ``h`` and ``w``, and dropped. The gradients are computed in the forward (the loss is a scalar,
-    so backward only scales them), which saves the memory traffic that dominates a CPU step. Matmuls run in
-    autocast's dtype when autocast is on, softmax in fp32, as the unfused path does.
-    """
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, rows: int) -> torch.Tensor:  # noqa: D102
-        cdt = _compute_dtype(h.device.type, h.dtype)
-        with torch.autocast(h.device.type, enabled=False):
-            wc = w.to(cdt)
-            valid = targets != -1
-            count = valid.sum().clamp(min=1).to(torch.float32)
-            total = torch.zeros((), dtype=torch.float32, device=h.device)
-            grad_h = torch.empty_like(h)
-            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-            for start in range(0, h.size(0), rows):
-                hc = h[start : start + rows].to(cdt)  # (R, C)
-                tc = targets[start : start + rows]
-                keep = valid[start : start + rows]
-                picked = tc.clamp(min=0)[:, None]
-                logits = (hc @ wc.t()).float()  # (R, vocab)
-                lse = torch.logsumexp(logits, dim=1, keepdim=True)  # (R, 1)
-                total += ((lse - logits.gather(1, picked)).squeeze(1) * keep).sum()
-                # d(mean loss)/d(logits) = (softmax - onehot(target)) / count, zero on ignored rows
-                grad = logits.sub_(lse).exp_()
-                grad.scatter_add_(1, picked, torch.full_like(picked, -1, dtype=grad.dtype))
-                grad.mul_((keep / count)[:, None])
-                grad = grad.to(cdt)
-                grad_h[start : start + rows] = grad @ wc  # (R, C)
-                grad_w += (grad.t() @ hc).float()  # (vocab, C)
-        ctx.save_for_backward(grad_h, grad_w.to(w.dtype))
-        return total / count
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):  # noqa: D102
-        grad_h, grad_w = ctx.saved_tensors
-        return grad_h * grad_loss, grad_w * grad_loss, None, None
-
-
-@torch.compiler.disable  # a Python loop over blocks: left to eager mode inside a compiled model
-def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, *, rows: int = 128) -> torch.Tensor:
-    """``F.cross_entropy(h @ w.T, targets, ignore_index=-1)`` for (N, C) ``h``, without (N, vocab) logits."""
-    if torch.is_grad_enabled() and (h.requires_grad or w.requires_grad):
-        return _ChunkedLinearCrossEntropy.apply(h, w, targets, rows)
-    cdt = _compute_dtype(h.device.type, h.dtype)
-    valid = targets != -1
-    total = torch.zeros((), dtype=torch.float32, device=h.device)
-    with torch.autocast(h.device.type, enabled=False):
-        wc = w.to(cdt)
-        for start in range(0, h.size(0), rows):
-            logits = (h[start : start + rows].to(cdt) @ wc.t()).float()
-            tc = targets[start : start + rows]
-            lse = torch.logsumexp(logits, dim=1)
-            picked = logits.gather(1, tc.clamp(min=0)[:, None]).squeeze(1)
-            total += ((lse - picked) * valid[start : start + rows]).sum()
-    return total / valid.sum().clamp(min=1)
 
 
 class GPT(nn.Module):
@@ -222,18 +151,9 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        *,
-        cache: KVCache | None = None,
-        return_logits: bool = True,
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache: KVCache | None = None
     ) -> ForwardOutput:
-        """Logits for every position of ``idx`` (B, T); with ``targets`` (-1 = ignore), the mean cross-entropy.
-
-        ``return_logits=False`` (with targets) computes only the loss, block by block through
-        :func:`chunked_cross_entropy`, and returns ``logits=None``: the training loop's fast path on CPU.
-        """
+        """Logits for every position of ``idx`` (B, T); with ``targets`` (-1 = ignore), the mean cross-entropy."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
@@ -244,11 +164,7 @@ class GPT(nn.Module):
             x = block(x, cache)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(x)
-        if targets is not None and not return_logits:
-            loss = chunked_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(-1))
-            return ForwardOutput(None, loss)
-        logits = self.lm_head(x)  # (B, T, vocab)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

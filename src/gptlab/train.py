@@ -237,7 +237,7 @@ def estimate_val_loss(model: torch.nn.Module, windows: list[tuple[torch.Tensor, 
     sums = torch.zeros(2, dtype=torch.float64, device=windows[0][0].device)  # (sum of batch losses, batches)
     for x, y in windows[rank::world]:
         with ctx:
-            sums[0] += model(x, y, return_logits=False).loss.double()
+            sums[0] += model(x, y).loss.double()
         sums[1] += 1
     if dist:
         all_reduce_sum(dist, sums)
@@ -343,6 +343,8 @@ def train(
     # nanoGPT's order: compile, then wrap, so eval can call the compiled module without DDP's hooks.
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else None
     forward = ddp if ddp is not None else model
+    # Eval mode is a second graph to compile: worth it on a GPU, not for a CPU's few eval batches.
+    eval_model = model if device.type == "cuda" else raw
 
     vx, vy = spread_windows(val_tokens(tokens), block_size=cfg.model.block_size, count=t.eval_iters * t.batch_size)
     val_windows = [
@@ -377,7 +379,7 @@ def train(
             if ddp is not None:
                 ddp.require_backward_grad_sync = micro == local_accum - 1  # all-reduce once per step
             with ctx:
-                loss = forward(x, y, return_logits=False).loss / local_accum  # mean over the step's sequences
+                loss = forward(x, y).loss / local_accum  # mean over the step's sequences
             if micro == local_accum - 1:
                 loader_state = loader.state_dict()  # a checkpoint after this step resumes from here
             x, y = loader.next(device)  # prefetch the next batch while the backward runs
@@ -419,7 +421,7 @@ def train(
                          lr, tokens_per_sec, f", MFU {last_mfu:.1%}" if last_mfu is not None else "")
         if done % t.eval_interval == 0 or last:
             began = time.perf_counter()
-            progress.val_loss = estimate_val_loss(model, val_windows, ctx, d)
+            progress.val_loss = estimate_val_loss(eval_model, val_windows, ctx, d)
             if not progress.best_val_loss <= progress.val_loss:  # also true while best is still nan
                 progress.best_val_loss = progress.val_loss
             record.update({"val/loss": progress.val_loss, "val/ppl": math.exp(progress.val_loss)})
