@@ -96,9 +96,6 @@ class _CrashAt:
             raise RuntimeError("crash")
         self.records.append((step, dict(metrics)))
 
-    def flush(self):
-        pass
-
 
 def test_a_crashed_run_resumes_from_its_last_checkpoint_onto_the_same_trajectory(tiny_cfg, tokens_dir, tmp_path):
     from gptlab.train import find_resume
@@ -117,9 +114,12 @@ def test_a_crashed_run_resumes_from_its_last_checkpoint_onto_the_same_trajectory
     assert [s for s, _ in replay.records] == list(range(1, 13))  # history re-sent, then steps 9-12
     assert resumed.checkpoint.meta["weights_sha256"] == straight.checkpoint.meta["weights_sha256"]
     assert resumed.best_val_loss == straight.best_val_loss
-    # Only the final checkpoint stays once the run is complete; resume: never starts over.
-    assert [p.name for p in (tmp_path / "cb").iterdir()] == ["step-00000012"]
-    assert find_resume(tmp_path / "cb", "never") is None and not (tmp_path / "cb").exists()
+    # A complete run leaves models/final only; a run that never finished leaves its checkpoints to `never`.
+    assert not (tmp_path / "cb").exists()
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "c", checkpoint_dir=tmp_path / "cc", tracker=_CrashAt(6))
+    assert [p.name for p in (tmp_path / "cc").iterdir()] == ["step-00000004"]
+    assert find_resume(tmp_path / "cc", "never") is None and not (tmp_path / "cc").exists()
 
 
 def test_run_key_names_the_trajectory_not_the_bookkeeping(tiny_cfg, tokens_dir):

@@ -81,7 +81,10 @@ def _init_model(cfg: Config, paths: Paths):
     from gptlab.checkpoint import load_model
     from gptlab.train import load_init
 
-    if not cfg.train.init.startswith("models:/"):
+    kind, _, target = cfg.train.init.partition(":")
+    if kind == "checkpoint":
+        return load_model(paths.root / target)[0]  # relative to the project root (absolute stays absolute)
+    if kind != "models":
         return load_init(cfg.train.init)
     from gptlab import tracking
 

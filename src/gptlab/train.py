@@ -64,16 +64,11 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
 
-    def flush(self) -> None: ...
-
 
 class NullTracker:
     """Tracks nothing: the loop never has to ask whether tracking is on."""
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def flush(self) -> None:
         pass
 
 
@@ -396,8 +391,8 @@ def train(
 
         last = done == t.max_iters
         log_now = step % t.log_interval == 0 or last
-        checkpoint_now = checkpoint_dir is not None and (
-            last or (t.checkpoint_interval > 0 and done % t.checkpoint_interval == 0)
+        checkpoint_now = (
+            checkpoint_dir is not None and not last and t.checkpoint_interval > 0 and done % t.checkpoint_interval == 0
         )
         record: dict[str, float] = {}
         if log_now or checkpoint_now:  # reading the loss waits for the GPU: only when it is needed
@@ -440,7 +435,7 @@ def train(
             ranks = all_gather_objects(d, {"rng": rng_state(device), "loader": loader_state})
             if d.is_main:
                 _save(step_path(checkpoint_dir, done), raw, optimizer, progress, ranks, d, key, cfg, tokens, meta)
-                prune(checkpoint_dir, keep=1 if last else KEEP_CHECKPOINTS)
+                prune(checkpoint_dir, keep=KEEP_CHECKPOINTS)
             elapsed = time.perf_counter() - began
             checkpoint_seconds += elapsed
             paused += elapsed
@@ -451,6 +446,11 @@ def train(
     ranks = all_gather_objects(d, {"rng": rng_state(device), "loader": loader_state})
     if d.is_main:
         ckpt = _save(Path(out_dir), raw, optimizer, progress, ranks, d, key, cfg, tokens, meta)
+        if checkpoint_dir is not None:
+            # Complete: the final checkpoint holds everything (it can resume, too). Keeping the series would
+            # let a later run with the same settings "resume" a finished run whose starting weights (an alias
+            # that moved since, a hub model) may no longer be what those settings name.
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return TrainResult(
         checkpoint=ckpt, params=raw.num_params(), steps=t.max_iters, tokens_seen=progress.tokens_seen,
         final_train_loss=progress.train_loss, final_val_loss=progress.val_loss,
