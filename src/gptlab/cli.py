@@ -22,7 +22,7 @@ log = logging.getLogger("gptlab")
 STAGE_HELP = {
     "download": "fetch the corpus named by data.source into data/raw/",
     "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json)",
-    "train": "train the model → models/final/, MLflow run, registered version with alias `candidate`",
+    "train": "train (or resume from models/checkpoints/) → models/final/, MLflow run, version with alias `candidate`",
     "evaluate": "val loss / perplexity over the whole val split + unigram floor → metrics/eval.json",
     "generate": "samples for every prompt → samples/samples.{json,md}",
     "report": "comparison table + loss curve → reports/",

@@ -115,23 +115,26 @@ def run_tags(cfg: Config, stage: str, root: str | Path = ".") -> dict[str, str]:
     return tags
 
 
-class ResumedTracker(MlflowTracker):
-    """The tracker of a resumed training: drops every (metric, step) the run already holds.
+class SkipLogged:
+    """A resumed training's tracker: passes on only the (metric, step) pairs the run does not hold yet.
 
-    A killed run is resumed from its last checkpoint and replays the steps after it; some of their metrics
-    may have reached MLflow before the kill, others were still in the buffer. The resumed loop re-sends its
-    whole history and every replayed step, and this filter lets through exactly the missing ones: each
-    metric's history ends up with every step once — no gap, no duplicate.
+    A killed run resumes from its last checkpoint and replays the steps after it; some of their metrics had
+    reached MLflow before the kill, others were still in the buffer. The resumed loop re-sends its whole
+    history and every replayed step, and this filter lets through exactly the missing ones, so each metric's
+    history ends up with every step once: no gap, no duplicate. Everything else goes to the wrapped tracker.
     """
 
-    def __init__(self, client: MlflowClient, run_id: str, last_steps: dict[str, int]):
-        super().__init__(client, run_id)
+    def __init__(self, tracker: MlflowTracker, last_steps: dict[str, int]):
+        self.tracker = tracker
         self.last_steps = last_steps
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         fresh = {key: value for key, value in metrics.items() if step > self.last_steps.get(key, -1)}
         if fresh:
-            super().log_metrics(fresh, step)
+            self.tracker.log_metrics(fresh, step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tracker, name)
 
 
 def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
@@ -153,7 +156,7 @@ def _existing_run(client: MlflowClient, run_id: str, root: str | Path) -> bool:
 @contextlib.contextmanager
 def training_run(
     cfg: Config, *, root: str | Path = ".", extra_tags: dict[str, str] | None = None, run_id: str | None = None
-) -> Iterator[MlflowTracker]:
+) -> Iterator[MlflowTracker | SkipLogged]:
     """Start the run that a training writes to: every param under its params.yaml path, provenance tags.
 
     With ``run_id`` (a training resumed from a checkpoint), continue that run instead: its params stay, the
@@ -164,7 +167,8 @@ def training_run(
         resumes = int(client.get_run(run_id).data.tags.get("gptlab.resumes", "0")) + 1
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "gptlab.resumes", str(resumes))
-        tracker: MlflowTracker = ResumedTracker(client, run_id, last_logged_steps(client, run_id))
+        logged = last_logged_steps(client, run_id)
+        tracker: MlflowTracker | SkipLogged = SkipLogged(MlflowTracker(client, run_id), logged)
     else:
         exp = experiment_id(cfg.tracking.experiment, root)
         run = client.create_run(exp, tags={**run_tags(cfg, "train", root), **(extra_tags or {})}, run_name=None)
