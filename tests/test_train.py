@@ -176,7 +176,7 @@ def test_init_with_another_architecture_names_the_settings_to_change(tiny_cfg, t
 def test_several_processes_need_torchrun(tiny_cfg, project):
     from gptlab.stages import Paths, train_model
 
-    with pytest.raises(RuntimeError, match=r"nproc_per_node=2 but this process was not started by torchrun.*flows.train"):
+    with pytest.raises(RuntimeError, match=r"nproc_per_node=2 but this process was not started by torchrun.*flows"):
         train_model(replace(tiny_cfg, train={"nproc_per_node": 2}), Paths(project))
 
 

@@ -336,7 +336,9 @@ def train(
     compiled = use_compile(t.compile, device)
     model = torch.compile(raw) if compiled else raw
     # nanoGPT's order: compile, then wrap, so eval can call the compiled module without DDP's hooks.
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if d.enabled else None
+    ddp = None
+    if d.enabled:
+        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = ddp if ddp is not None else model
     # Eval mode is a second graph to compile: worth it on a GPU, not for a CPU's few eval batches.
     eval_model = model if device.type == "cuda" else raw
