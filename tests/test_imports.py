@@ -8,7 +8,8 @@ import sys
 import pytest
 
 CORE = ["gptlab.model", "gptlab.train", "gptlab.evaluate", "gptlab.generate", "gptlab.checkpoint",
-        "gptlab.distributed", "gptlab.hardware", "gptlab.data.loader", "gptlab.data.tokenize", "gptlab.data.download", "gptlab.config", "gptlab.report"]
+        "gptlab.distributed", "gptlab.hardware", "gptlab.data.loader", "gptlab.data.tokenize",
+        "gptlab.data.download", "gptlab.config", "gptlab.report"]
 
 
 @pytest.mark.parametrize("module", CORE)
