@@ -113,8 +113,8 @@ class TrainConfig:
     seed: int
     """Seed of initialisation and batch sampling."""
     compile: bool | Literal["auto"]
-    """``torch.compile`` the model: ``auto`` compiles on CUDA and not on CPU (where compiling costs more time
-    than it saves on runs of a few hundred steps; benchmarks/bench_train.py measures it)."""
+    """``torch.compile`` the model: ``auto`` compiles on CUDA only. On a CPU, compiling takes about a minute
+    and saves ~10% per step (benchmarks/bench_train.py): set ``true`` for long CPU runs."""
     peak_flops: float | None
     """Peak FLOP/s of one device for MFU; null looks the GPU up in gptlab.hardware's table of dense bf16
     peaks (a CPU or an unknown GPU then logs no MFU)."""

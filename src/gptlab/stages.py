@@ -10,10 +10,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptlab.config import Config
 from gptlab.fileio import atomic_path, read_json, write_json
+
+if TYPE_CHECKING:  # the stages import torch and the rest only when they run
+    from gptlab.distributed import Dist
+    from gptlab.model import GPT
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ class Paths:
 
     @property
     def checkpoints(self) -> Path:
-        """Resumable checkpoints, one folder per run (gptlab.train.run_key); DVC keeps it (persist: true)."""
+        """Resumable checkpoints, one folder per run (gptlab.train.run_key); git-ignored, not a DVC out."""
         return self.root / "models" / "checkpoints"
 
     @property
@@ -74,7 +78,7 @@ class Trained:
     checkpoint: Path
 
 
-def _init_model(cfg: Config, paths: Paths):
+def _init_model(cfg: Config, paths: Paths) -> GPT | None:
     """The model ``train.init`` names; a registered model (``models:/…``) is downloaded from MLflow first."""
     import tempfile
 
@@ -115,7 +119,7 @@ def train_model(cfg: Config, paths: Paths) -> Trained | None:
         distributed.teardown(dist)
 
 
-def _train_and_record(cfg: Config, paths: Paths, run_dir: Path, dist) -> Trained:
+def _train_and_record(cfg: Config, paths: Paths, run_dir: Path, dist: Dist) -> Trained:
     import pandas as pd
 
     from gptlab import tracking

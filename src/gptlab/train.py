@@ -321,8 +321,9 @@ def train(
         saved = carried["state"]
         if saved.get("world_size") != d.world_size or saved.get("run_key") != key:
             raise CheckpointError(
-                f"the checkpoint was written by a run with {saved.get('world_size')} processes and key "
-                f"{saved.get('run_key')}; this run has {d.world_size} and {key}"
+                f"{resume.checkpoint.path if resume else 'the checkpoint'} was written by a run with "
+                f"{saved.get('world_size')} processes and key {saved.get('run_key')}; this run has {d.world_size} "
+                f"and {key}: remove it, or start over with `-S train.resume=never`"
             )
         optimizer.load_state_dict(carried["optimizer"])
         progress = Progress(**saved["progress"])
