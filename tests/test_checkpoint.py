@@ -85,3 +85,64 @@ def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path, monkeypatc
     _, ckpt = load_model(tmp_path / "c")
     assert ckpt.step == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+
+
+def _series(root, steps):
+    from gptlab.checkpoint import step_path
+
+    model, opt = _trained(1)
+    for step in steps:
+        save_checkpoint(step_path(root, step), model=model, optimizer=opt, state={"step": step}, meta={"step": step})
+
+
+def test_latest_checkpoint_skips_damaged_ones_and_falls_back(tmp_path, caplog):
+    from gptlab.checkpoint import latest_checkpoint, step_path
+
+    _series(tmp_path, [10, 20, 30])
+    assert latest_checkpoint(tmp_path).step == 30
+    (step_path(tmp_path, 30) / "optimizer.pt").write_bytes(b"truncated")  # unreadable training state
+    weights = step_path(tmp_path, 20) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8])  # truncated weights: the sha256 no longer matches
+    found = latest_checkpoint(tmp_path)
+    assert found.step == 10 and found.state["state"] == {"step": 10}
+    assert "skipping checkpoint" in caplog.text and "step-00000030" in caplog.text and "step-00000020" in caplog.text
+    assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_leftovers_of_interrupted_writes_are_removed_and_old_checkpoints_pruned(tmp_path):
+    from gptlab.checkpoint import checkpoint_steps, prune, remove_leftovers
+
+    _series(tmp_path, [5, 10, 15])
+    for name in (".step-00000020.k3j4.tmp", ".step-00000015.old"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"half")
+    assert sorted(p.name for p in remove_leftovers(tmp_path)) == [".step-00000015.old", ".step-00000020.k3j4.tmp"]
+    prune(tmp_path, keep=2)
+    assert [step for step, _ in checkpoint_steps(tmp_path)] == [15, 10]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000010", "step-00000015"]
+
+
+def test_the_same_weights_always_hash_the_same(tmp_path):
+    model, _ = _trained(1)
+    a = save_checkpoint(tmp_path / "a", model=model, meta={"step": 1}).meta["weights_sha256"]
+    b = save_checkpoint(tmp_path / "b", model=model, meta={"step": 1}).meta["weights_sha256"]
+    assert a == b
+
+
+def test_rng_and_loader_state_survive_the_safe_loader(tmp_path):
+    """Everything a resume restores loads with weights_only=True (no pickled code paths)."""
+    import random
+
+    import numpy as np
+
+    from gptlab.train import rng_state, set_rng_state
+
+    model, opt = _trained(1)
+    torch.manual_seed(3), random.seed(3), np.random.seed(3)
+    saved = rng_state(torch.device("cpu"))
+    save_checkpoint(tmp_path / "c", model=model, optimizer=opt, state={"step": 1, "ranks": [{"rng": saved}]},
+                    meta={"step": 1})
+    expected = (torch.rand(3), random.random(), np.random.rand(3))
+    set_rng_state(load_training_state(tmp_path / "c")["state"]["ranks"][0]["rng"], torch.device("cpu"))
+    again = (torch.rand(3), random.random(), np.random.rand(3))
+    assert torch.equal(expected[0], again[0]) and expected[1] == again[1] and np.array_equal(expected[2], again[2])

@@ -138,3 +138,22 @@ def test_eval_settings_are_checked_with_the_expected_forms(project: Path):
     assert "`eval.device` must be auto, cpu, mps, cuda or cuda:N, got 'tpu'" in message
     assert "`eval.plateau_evals` must be > 0, got 0" in message
     assert len(info.value.problems) == 5
+
+
+def test_training_scale_settings_are_checked(project: Path):
+    with pytest.raises(ConfigError) as err:
+        load_config(project / "params.yaml", ["train.nproc_per_node=8", "train.checkpoint_interval=-1",
+                                              "train.peak_flops=0", "train.init=gpt2"])
+    text = str(err.value)
+    assert "`train.grad_accum` (2) must be divisible by `train.nproc_per_node` (8)" in text
+    assert "keep 64 sequences per step" in text
+    assert "`train.checkpoint_interval` must be ≥ 0" in text and "`train.peak_flops` must be > 0" in text
+    assert "`train.init` must be `scratch`, `hf:NAME_OR_FOLDER`" in text
+    with pytest.raises(ConfigError) as err:
+        load_config(project / "params.yaml", ["train.resume=always", "train.compile=sometimes"])
+    assert "`train.resume` must be 'auto' | 'never'" in str(err.value)
+    assert "`train.compile` must be bool or 'auto'" in str(err.value)
+    for good in ("scratch", "hf:gpt2", "hf:/models/gpt2-local", "checkpoint:models/final", "models:/gptlab/3",
+                 "models:/gptlab@champion"):
+        assert load_config(project / "params.yaml", [f"train.init={good}"]).train.init == good
+    assert load_config(project / "params.yaml", ["train.compile=false"]).train.compile is False

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 CORE = ["gptlab.model", "gptlab.train", "gptlab.evaluate", "gptlab.generate", "gptlab.checkpoint",
-        "gptlab.data.loader", "gptlab.data.tokenize", "gptlab.data.download", "gptlab.config", "gptlab.report",
-        "gptlab.downstream", "gptlab.taskdata", "gptlab.comparison", "gptlab.baselines", "gptlab.repetition"]
+        "gptlab.distributed", "gptlab.hardware", "gptlab.data.loader", "gptlab.data.tokenize",
+        "gptlab.data.download", "gptlab.config", "gptlab.report", "gptlab.downstream", "gptlab.taskdata",
+        "gptlab.comparison", "gptlab.baselines", "gptlab.repetition"]
 
 
 @pytest.mark.parametrize("module", CORE)

@@ -67,3 +67,134 @@ def test_block_size_larger_than_the_data_is_refused_before_training(tiny_cfg, to
     with pytest.raises(ValueError, match="the val split has .* tokens, not more than model.block_size=100000"):
         train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def _first_step_loss(model, cfg, tokens_dir) -> float:
+    """The loss the loop reports at step 1: the mean over the first step's grad_accum micro-batches."""
+    from gptlab.data.loader import RandomWindows, TokenSet
+
+    t = cfg.train
+    windows = RandomWindows(TokenSet.open(tokens_dir).paths("train"), block_size=cfg.model.block_size,
+                            batch_size=t.batch_size, seed=t.seed)
+    losses = []
+    with torch.no_grad():
+        for _ in range(t.grad_accum):
+            x, y = (torch.from_numpy(a.astype("int64")) for a in windows.next_numpy())
+            logits = model.eval()(x).logits
+            losses.append(torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1)).item())
+    return sum(losses) / len(losses)
+
+
+class _CrashAt:
+    """A tracker that fails at one step: the run dies mid-training, as after a power cut, minus the process."""
+
+    def __init__(self, step: int):
+        self.step, self.records = step, []
+
+    def log_metrics(self, metrics, step):
+        if step == self.step:
+            raise RuntimeError("crash")
+        self.records.append((step, dict(metrics)))
+
+
+def test_a_crashed_run_resumes_from_its_last_checkpoint_onto_the_same_trajectory(tiny_cfg, tokens_dir, tmp_path):
+    from gptlab.train import find_resume
+
+    cfg = replace(tiny_cfg, train={"max_iters": 12, "eval_interval": 4, "log_interval": 1, "checkpoint_interval": 4})
+    straight = train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "a", checkpoint_dir=tmp_path / "ca")
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "cb", tracker=_CrashAt(11))
+    resume = find_resume(tmp_path / "cb", "auto")
+    assert resume is not None and resume.step == 8
+    replay = _CrashAt(-1)
+    resumed = train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "b", checkpoint_dir=tmp_path / "cb",
+                    tracker=replay, resume=resume)
+    assert resumed.resumed_from == 8
+    assert [h["train/loss"] for h in resumed.history] == [h["train/loss"] for h in straight.history]
+    assert [s for s, _ in replay.records] == list(range(1, 13))  # history re-sent, then steps 9-12
+    assert resumed.checkpoint.meta["weights_sha256"] == straight.checkpoint.meta["weights_sha256"]
+    assert resumed.best_val_loss == straight.best_val_loss
+    # A complete run leaves models/final only; a run that never finished leaves its checkpoints to `never`.
+    assert not (tmp_path / "cb").exists()
+    with pytest.raises(RuntimeError, match="crash"):
+        train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "c", checkpoint_dir=tmp_path / "cc", tracker=_CrashAt(6))
+    assert [p.name for p in (tmp_path / "cc").iterdir()] == ["step-00000004"]
+    assert find_resume(tmp_path / "cc", "never") is None and not (tmp_path / "cc").exists()
+
+
+def test_run_key_names_the_trajectory_not_the_bookkeeping(tiny_cfg, tokens_dir):
+    from gptlab.data.loader import TokenSet
+    from gptlab.train import run_key
+
+    tokens = TokenSet.open(tokens_dir)
+    key = run_key(tiny_cfg, tokens, 1)
+    for change in ({"log_interval": 3}, {"checkpoint_interval": 7}, {"eval_interval": 9}, {"compile": True},
+                   {"device": "auto"}, {"resume": "never"}):
+        assert run_key(replace(tiny_cfg, train=change), tokens, 1) == key, change
+    for change in ({"lr": 2e-2}, {"max_iters": 81}, {"seed": 1}, {"init": "hf:gpt2"}, {"dtype": "bfloat16"}):
+        assert run_key(replace(tiny_cfg, train=change), tokens, 1) != key, change
+    assert run_key(replace(tiny_cfg, model={"n_layer": 2}), tokens, 1) != key
+    assert run_key(tiny_cfg, tokens, 2) != key
+
+
+def test_init_from_a_checkpoint_starts_from_its_weights(tiny_cfg, tokens_dir, tmp_path):
+    base = replace(tiny_cfg, train={"max_iters": 10, "eval_interval": 10})
+    train(base, tokens_dir=tokens_dir, out_dir=tmp_path / "base")
+    source, _ = load_model(tmp_path / "base")
+    cfg = replace(tiny_cfg, train={"max_iters": 2, "eval_interval": 2, "log_interval": 1,
+                                   "init": f"checkpoint:{tmp_path / 'base'}", "seed": 7})
+    result = train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "tuned")
+    assert result.history[0]["train/loss"] == pytest.approx(_first_step_loss(source, cfg, tokens_dir), abs=1e-5)
+
+
+def test_init_from_hugging_face_gpt2_weights_with_a_shorter_context(tiny_cfg, tokens_dir, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=64, vocab_size=50257)
+    hf = transformers.GPT2LMHeadModel(hf_config).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    cfg = replace(tiny_cfg, model={"vocab_size": 50257, "bias": True},
+                  train={"max_iters": 1, "eval_interval": 1, "init": f"hf:{tmp_path / 'hf'}"})
+    result = train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "tuned")
+
+    class HFLogits(torch.nn.Module):  # transformers' own forward pass, the reference
+        def forward(self, idx):
+            return type("Out", (), {"logits": hf(idx).logits})()
+
+    assert cfg.model.block_size == 32 < 64  # position embeddings cropped
+    assert result.history[0]["train/loss"] == pytest.approx(_first_step_loss(HFLogits(), cfg, tokens_dir), abs=1e-4)
+
+
+def test_init_with_another_architecture_names_the_settings_to_change(tiny_cfg, tokens_dir, tmp_path):
+    train(replace(tiny_cfg, train={"max_iters": 1, "eval_interval": 1}), tokens_dir=tokens_dir, out_dir=tmp_path / "a")
+    cfg = replace(tiny_cfg, model={"n_layer": 2, "block_size": 16},
+                  train={"max_iters": 1, "init": f"checkpoint:{tmp_path / 'a'}"})
+    with pytest.raises(ValueError, match=r"different architecture .* set -S model.n_layer=1 \(a"):
+        train(cfg, tokens_dir=tokens_dir, out_dir=tmp_path / "b")
+
+
+def test_several_processes_need_torchrun(tiny_cfg, project):
+    from gptlab.stages import Paths, train_model
+
+    with pytest.raises(RuntimeError, match=r"nproc_per_node=2 but this process was not started by torchrun.*flows"):
+        train_model(replace(tiny_cfg, train={"nproc_per_node": 2}), Paths(project))
+
+
+def test_init_from_a_registered_model_version_fine_tunes_it(tiny_cfg, tokens_dir, project):
+    """`train.init=models:/gptlab@candidate`: the stage downloads the version from MLflow and starts from it."""
+    from gptlab.stages import Paths, register_model, train_model
+
+    paths = Paths(project)
+    base = replace(tiny_cfg, train={"max_iters": 6, "eval_interval": 6})
+    register_model(base, paths, train_model(base, paths).run_id)
+    registered, _ = load_model(paths.model)
+    cfg = replace(tiny_cfg, train={"max_iters": 2, "eval_interval": 2, "log_interval": 1, "seed": 5,
+                                   "init": "models:/gptlab@candidate"})
+    train_model(cfg, paths)
+    from gptlab import tracking
+
+    client = tracking.configure(project)
+    runs = client.search_runs([client.get_experiment_by_name("gptlab").experiment_id], order_by=["start_time DESC"])
+    first = client.get_metric_history(runs[0].info.run_id, "train/loss")[0]
+    assert first.step == 1 and first.value == pytest.approx(_first_step_loss(registered, cfg, tokens_dir), abs=1e-5)
+    assert runs[0].data.params["train.init"] == "models:/gptlab@candidate"

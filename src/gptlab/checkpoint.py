@@ -3,11 +3,17 @@ losses, hashes) and ``optimizer.pt`` (optimizer and loop state, loaded with ``we
 
 A checkpoint is written to a temp directory and renamed into place, so a reader (or a resumed run) never
 sees a half-written one. Loading checks the weights' sha256 recorded in ``meta.json``.
+
+Resumable runs keep a series of them, ``step-00001000/``, ``step-00002000/``, … in one folder;
+:func:`latest_checkpoint` returns the newest intact one, skipping any that a crash or a disk damaged.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,14 @@ from gptlab.config import ModelConfig
 from gptlab.fileio import atomic_dir, read_json, sha256_file, write_json
 from gptlab.model import GPT
 
+log = logging.getLogger(__name__)
+
 WEIGHTS, META, OPTIMIZER = "model.safetensors", "meta.json", "optimizer.pt"
 TIED = "lm_head.weight"  # the same tensor as transformer.wte.weight; stored once
 FORMAT_VERSION = 1
+STEP_DIR = re.compile(r"^step-(\d+)$")
+# What atomic_dir leaves behind when the process dies mid-write: `.step-….tmp` (unfinished) and `.step-….old`.
+LEFTOVER = re.compile(r"^\.step-\d+\.(.+\.tmp|old)$")
 
 
 class CheckpointError(ValueError):
@@ -84,9 +95,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, meta)
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[GPT, Checkpoint]:
-    """Build the model from a checkpoint after checking the weights' sha256."""
-    ckpt = open_checkpoint(path)
+def load_weights(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (on CPU, without the tied ``lm_head.weight``) after checking their sha256."""
     weights_path = ckpt.path / WEIGHTS
     actual = sha256_file(weights_path)
     if actual != ckpt.meta["weights_sha256"]:
@@ -94,11 +104,21 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
             f"{weights_path} has sha256 {actual[:12]}…, {META} records {ckpt.meta['weights_sha256'][:12]}…: "
             "the file is corrupt or was replaced. Restore it (`dvc pull` / `dvc checkout`) or re-train"
         )
+    return safetensors.torch.load_file(weights_path, device="cpu")
+
+
+def load_state_into(model: GPT, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Copy ``weights`` (as :func:`load_weights` returns them) into ``model``; every key must match."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if set(missing) - {TIED} or unexpected:
+        raise CheckpointError(f"{source / WEIGHTS}: missing {sorted(set(missing) - {TIED})}, unexpected {unexpected}")
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[GPT, Checkpoint]:
+    """Build the model from a checkpoint after checking the weights' sha256."""
+    ckpt = open_checkpoint(path)
     model = GPT(ckpt.model_config)
-    state = safetensors.torch.load_file(weights_path, device="cpu")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if set(missing) != {TIED} or unexpected:
-        raise CheckpointError(f"{weights_path}: missing {sorted(set(missing) - {TIED})}, unexpected {unexpected}")
+    load_state_into(model, load_weights(ckpt), ckpt.path)
     return model.to(device), ckpt
 
 
@@ -108,3 +128,68 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise CheckpointError(f"{file} does not exist: this checkpoint cannot resume training")
     return torch.load(file, map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------ a resumable series
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """A checkpoint read whole, ready to resume from: meta, verified weights and the optimizer/loop state."""
+
+    checkpoint: Checkpoint
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return self.checkpoint.step
+
+
+def step_path(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step-{step:08d}"
+
+
+def checkpoint_steps(root: str | Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step-N`` folder under ``root``, newest first (complete or not)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := STEP_DIR.match(p.name))]
+    return sorted(found, reverse=True)
+
+
+def latest_checkpoint(root: str | Path) -> TrainingCheckpoint | None:
+    """The newest checkpoint under ``root`` whose files are complete and intact, or None.
+
+    A damaged one (truncated, hash mismatch, unreadable state) is skipped with a warning, and the one before
+    it is tried: a crash or a full disk costs the steps since the previous checkpoint, never the run.
+    """
+    for _step, path in checkpoint_steps(root):
+        try:
+            ckpt = open_checkpoint(path)
+            weights = load_weights(ckpt)
+            state = load_training_state(path)
+        except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (torch's unpickler: IndexError…)
+            log.warning("skipping checkpoint %s: %s: %s", path, type(e).__name__, e)
+            continue
+        if not isinstance(state.get("state"), dict) or "step" not in state["state"]:
+            log.warning("skipping checkpoint %s: %s holds no training-loop state", path, OPTIMIZER)
+            continue
+        return TrainingCheckpoint(ckpt, weights, state)
+    return None
+
+
+def remove_leftovers(root: str | Path) -> list[Path]:
+    """Delete the temp folders of checkpoint writes that a killed process never finished; returns them."""
+    root = Path(root)
+    removed = [p for p in root.iterdir() if p.is_dir() and LEFTOVER.match(p.name)] if root.is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def prune(root: str | Path, *, keep: int) -> None:
+    """Keep the ``keep`` newest ``step-N`` checkpoints under ``root``; delete the older ones."""
+    for _step, path in checkpoint_steps(root)[keep:]:
+        shutil.rmtree(path, ignore_errors=True)

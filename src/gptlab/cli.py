@@ -22,7 +22,7 @@ log = logging.getLogger("gptlab")
 STAGE_HELP = {
     "download": "fetch the corpus named by data.source into data/raw/ (an interrupted hub download resumes)",
     "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json); a killed run resumes",
-    "train": "train the model → models/final/, MLflow run, registered version with alias `candidate`",
+    "train": "train (or resume from models/checkpoints/) → models/final/, MLflow run, version with alias `candidate`",
     "evaluate": "val loss / perplexity over the whole val split, unigram floor, LAMBADA, WikiText-103 "
                 "→ metrics/eval.json",
     "baselines": "GPT-2 (eval.baselines) on the same val split, LAMBADA and WikiText-103 at eval.contexts, "

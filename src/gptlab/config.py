@@ -92,7 +92,8 @@ class TrainConfig:
     device: str
     """``auto`` (cuda when present, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
     dtype: Literal["auto", "float32", "bfloat16"]
-    """Autocast precision; ``auto`` is bfloat16 on CUDA and float32 on CPU."""
+    """Autocast precision; ``auto`` is bfloat16 on CUDA GPUs that support it and on CPUs with native bf16
+    instructions (AVX512-BF16 or AMX), float32 elsewhere. Weights and optimizer state stay float32."""
     batch_size: int
     """Sequences per micro-batch (per process)."""
     grad_accum: int
@@ -124,6 +125,26 @@ class TrainConfig:
     """Report train loss, lr and throughput every N steps."""
     seed: int
     """Seed of initialisation and batch sampling."""
+    compile: bool | Literal["auto"]
+    """``torch.compile`` the model: ``auto`` compiles on CUDA only. On a CPU, compiling takes about a minute
+    and saves ~10% per step (benchmarks/bench_train.py): set ``true`` for long CPU runs."""
+    peak_flops: float | None
+    """Peak FLOP/s of one device for MFU; null looks the GPU up in gptlab.hardware's table of dense bf16
+    peaks (a CPU or an unknown GPU then logs no MFU)."""
+    nproc_per_node: int
+    """Training processes per node: > 1 makes `python -m flows.train` start torchrun (one process per GPU;
+    gloo processes on CPU). ``grad_accum`` is split across all processes, so the step's batch is unchanged."""
+    checkpoint_interval: int
+    """Write a resumable checkpoint (weights, optimizer, RNG and data-loader state) to models/checkpoints/
+    every N steps; 0 writes only the final one."""
+    resume: Literal["auto", "never"]
+    """``auto`` continues from the latest valid checkpoint of this configuration in models/checkpoints/ (and
+    its MLflow run); ``never`` discards those checkpoints and starts from ``init``."""
+    init: str
+    """Starting weights when not resuming: ``scratch``; ``hf:gpt2`` (``gpt2-medium``, … or a local Hugging
+    Face folder, ``hf:PATH``); ``checkpoint:PATH`` (a gptlab checkpoint, e.g. models/final); or a registered
+    model, ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``. Only weights: optimizer and schedule start
+    fresh (fine-tuning). The model section must describe the same architecture."""
 
 
 @dataclass(frozen=True)
@@ -391,6 +412,7 @@ _SOURCE_RE = re.compile(r"^(demo|hf:[\w.\-]+/[\w.\-]+(@[\w.\-/]+)?|local:.+)$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _TASK_SOURCE_RE = re.compile(r"^(none|local:.+|hf:[\w.\-]+/[\w.\-]+@[\w.\-]+/.+)$")
+_INIT_RE = re.compile(r"^(scratch|hf:.+|checkpoint:.+|models:/[^/@]+(/\d+|@[\w.\-]+))$")
 
 
 def _bounds(section: str, obj: Any, keys: list[str], problems: list[str], *, allow_zero: bool = False) -> None:
@@ -452,6 +474,22 @@ def _check_train(t: TrainConfig, p: list[str]) -> None:
     for key in ("beta1", "beta2"):
         if not 0.0 <= getattr(t, key) < 1.0:
             p.append(f"`train.{key}` must be in [0, 1), got {getattr(t, key)}")
+    _bounds("train", t, ["nproc_per_node"], p)
+    _bounds("train", t, ["checkpoint_interval"], p, allow_zero=True)
+    if t.peak_flops is not None and t.peak_flops <= 0:
+        p.append(f"`train.peak_flops` must be > 0 (FLOP/s of one device, e.g. 989e12) or null, got {t.peak_flops}")
+    if t.nproc_per_node > 0 and t.grad_accum > 0 and t.grad_accum % t.nproc_per_node:
+        per_step = t.batch_size * t.grad_accum
+        p.append(
+            f"`train.grad_accum` ({t.grad_accum}) must be divisible by `train.nproc_per_node` ({t.nproc_per_node}): "
+            f"each process runs grad_accum / nproc_per_node micro-batches. To keep {per_step} sequences per step, "
+            f"use a grad_accum that is a multiple of {t.nproc_per_node} and batch_size = {per_step} / grad_accum"
+        )
+    if not _INIT_RE.match(t.init):
+        p.append(
+            f"`train.init` must be `scratch`, `hf:NAME_OR_FOLDER`, `checkpoint:PATH`, `models:/NAME/VERSION` or "
+            f"`models:/NAME@ALIAS`, got {t.init!r}"
+        )
 
 
 def _check_eval(e: EvalConfig, p: list[str]) -> None:

@@ -10,10 +10,14 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gptlab.config import Config
 from gptlab.fileio import atomic_path, read_json, write_json
+
+if TYPE_CHECKING:  # the stages import torch and the rest only when they run
+    from gptlab.distributed import Dist
+    from gptlab.model import GPT
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,11 @@ class Paths:
     @property
     def model(self) -> Path:
         return self.root / "models" / "final"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Resumable checkpoints, one folder per run (gptlab.train.run_key); git-ignored, not a DVC out."""
+        return self.root / "models" / "checkpoints"
 
     @property
     def metrics(self) -> Path:
@@ -74,17 +83,61 @@ class Trained:
     checkpoint: Path
 
 
-def train_model(cfg: Config, paths: Paths) -> Trained:
-    """Train with an MLflow run open; write the checkpoint, ``metrics/train.json`` and the loss curve."""
+def _init_model(cfg: Config, paths: Paths) -> GPT | None:
+    """The model ``train.init`` names; a registered model (``models:/…``) is downloaded from MLflow first."""
+    import tempfile
+
+    from gptlab.checkpoint import load_model
+    from gptlab.train import load_init
+
+    kind, _, target = cfg.train.init.partition(":")
+    if kind == "checkpoint":
+        return load_model(paths.root / target)[0]  # relative to the project root (absolute stays absolute)
+    if kind != "models":
+        return load_init(cfg.train.init)
+    from gptlab import tracking
+
+    with tempfile.TemporaryDirectory(prefix="gptlab-init-") as tmp:
+        return load_model(tracking.download_checkpoint(cfg.train.init, tmp, root=paths.root))[0]
+
+
+def train_model(cfg: Config, paths: Paths) -> Trained | None:
+    """Train with an MLflow run open; write the checkpoint, ``metrics/train.json`` and the loss curve.
+
+    Resumes (``train.resume: auto``) from the newest intact checkpoint of this configuration in
+    ``models/checkpoints/<run key>/``, continuing its MLflow run. Under torchrun every process trains and
+    rank 0 alone tracks and writes; the other ranks return None.
+    """
+    from gptlab import distributed
+    from gptlab.data.loader import TokenSet
+    from gptlab.train import run_key, train
+
+    dist = distributed.setup(cfg.train.device, cfg.train.nproc_per_node)
+    try:
+        run_dir = paths.checkpoints / run_key(cfg, TokenSet.open(paths.tokens), dist.world_size)
+        if not dist.is_main:
+            logging.getLogger("gptlab").setLevel(logging.WARNING)  # rank 0 speaks for the job
+            train(cfg, tokens_dir=paths.tokens, out_dir=paths.model, checkpoint_dir=run_dir, dist=dist)
+            return None
+        return _train_and_record(cfg, paths, run_dir, dist)
+    finally:
+        distributed.teardown(dist)
+
+
+def _train_and_record(cfg: Config, paths: Paths, run_dir: Path, dist: Dist) -> Trained:
     import pandas as pd
 
     from gptlab import tracking
-    from gptlab.train import train
+    from gptlab.train import find_resume, train
 
-    with tracking.training_run(cfg, root=paths.root) as tracker:
+    resume = find_resume(run_dir, cfg.train.resume)
+    init = _init_model(cfg, paths) if resume is None else None
+    previous_run = resume.checkpoint.meta.get("mlflow_run_id") if resume is not None else None
+    with tracking.training_run(cfg, root=paths.root, run_id=previous_run) as tracker:
         result = train(
             cfg, tokens_dir=paths.tokens, out_dir=paths.model, tracker=tracker,
             meta={"mlflow_run_id": tracker.run_id, "profile": cfg.profile},
+            checkpoint_dir=run_dir, resume=resume, init=init, dist=dist,
         )
         train_tokens = read_json(paths.tokens / "meta.json")["tokens"]["train"]
         summary = {
@@ -98,6 +151,12 @@ def train_model(cfg: Config, paths: Paths) -> Trained:
             "val_loss_estimate": result.final_val_loss,
             "best_val_loss_estimate": result.best_val_loss,
             "seconds": result.seconds,
+            "resumed_from_step": result.resumed_from,
+            "processes": dist.world_size,
+            "tokens_per_sec": result.tokens_per_sec,
+            "mfu": result.mfu,
+            "tracking_overhead": result.tracking_seconds / max(result.loop_seconds, 1e-9),
+            "checkpoint_seconds": result.checkpoint_seconds,
             "mlflow_run_id": tracker.run_id,
         }
         write_json(paths.metrics / "train.json", summary)
@@ -109,6 +168,26 @@ def train_model(cfg: Config, paths: Paths) -> Trained:
         for file in (paths.metrics / "train.json", paths.metrics / "train_curve.csv"):
             tracker.client.log_artifact(tracker.run_id, str(file), artifact_path="metrics")
     return Trained(tracker.run_id, paths.model)
+
+
+def train_model_with_torchrun(cfg: Config, paths: Paths, *, params: str | Path, overrides: list[str]) -> Trained:
+    """Launch ``train.nproc_per_node`` training processes on this node with torchrun and wait for them.
+
+    Each runs :func:`train_model` (``python -m gptlab.distributed``) with the same params and overrides;
+    rank 0 writes the MLflow run and ``models/final``, whose meta names the run.
+    """
+    import subprocess
+
+    from gptlab.checkpoint import open_checkpoint
+    from gptlab.distributed import torchrun_command
+
+    args = ["--params", str(Path(params).resolve())] + [a for o in overrides for a in ("-S", o)]
+    cmd = torchrun_command(cfg.train.nproc_per_node, args)
+    log.info("launching %d training processes: %s", cfg.train.nproc_per_node, " ".join(cmd))
+    code = subprocess.run(cmd, cwd=paths.root).returncode
+    if code != 0:
+        raise RuntimeError(f"distributed training failed (torchrun exit code {code}); the processes' errors are above")
+    return Trained(open_checkpoint(paths.model).meta["mlflow_run_id"], paths.model)
 
 
 def register_model(cfg: Config, paths: Paths, run_id: str) -> dict[str, str]:
@@ -123,8 +202,10 @@ def register_model(cfg: Config, paths: Paths, run_id: str) -> dict[str, str]:
     return {"name": version.name, "version": version.version, "model_uri": version.model_uri}
 
 
-def train(cfg: Config, paths: Paths) -> dict[str, Any]:
+def train(cfg: Config, paths: Paths) -> dict[str, Any] | None:
     trained = train_model(cfg, paths)
+    if trained is None:  # a torchrun process other than rank 0: rank 0 registers
+        return None
     return {"run_id": trained.run_id, **register_model(cfg, paths, trained.run_id)}
 
 

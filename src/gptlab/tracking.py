@@ -115,17 +115,69 @@ def run_tags(cfg: Config, stage: str, root: str | Path = ".") -> dict[str, str]:
     return tags
 
 
+class SkipLogged:
+    """A resumed training's tracker: passes on only the (metric, step) pairs the run does not hold yet.
+
+    A killed run resumes from its last checkpoint and replays the steps after it; some of their metrics had
+    reached MLflow before the kill, others were still in the buffer. The resumed loop re-sends its whole
+    history and every replayed step, and this filter lets through exactly the missing ones, so each metric's
+    history ends up with every step once: no gap, no duplicate. Everything else goes to the wrapped tracker.
+    """
+
+    def __init__(self, tracker: MlflowTracker, last_steps: dict[str, int]):
+        self.tracker = tracker
+        self.last_steps = last_steps
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        fresh = {key: value for key, value in metrics.items() if step > self.last_steps.get(key, -1)}
+        if fresh:
+            self.tracker.log_metrics(fresh, step)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tracker, name)
+
+
+def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The highest step of every metric in the run (metrics are logged in step order, so all below it are in)."""
+    keys = client.get_run(run_id).data.metrics
+    return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in keys}
+
+
+def _existing_run(client: MlflowClient, run_id: str, root: str | Path) -> bool:
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        log.warning("MLflow run %s (named by the checkpoint) is not in %s: the resumed training starts a new run "
+                    "and re-logs the history the checkpoint holds", run_id, tracking_uri(root))
+        return False
+
+
 @contextlib.contextmanager
-def training_run(cfg: Config, *, root: str | Path = ".", extra_tags: dict[str, str] | None = None) -> Iterator[MlflowTracker]:
-    """Start the run that a training writes to: every param under its params.yaml path, provenance tags."""
+def training_run(
+    cfg: Config, *, root: str | Path = ".", extra_tags: dict[str, str] | None = None, run_id: str | None = None
+) -> Iterator[MlflowTracker | SkipLogged]:
+    """Start the run that a training writes to: every param under its params.yaml path, provenance tags.
+
+    With ``run_id`` (a training resumed from a checkpoint), continue that run instead: its params stay, the
+    tag ``gptlab.resumes`` counts the restarts, and the tracker skips metric steps the run already holds.
+    """
     client = configure(root)
-    exp = experiment_id(cfg.tracking.experiment, root)
-    run = client.create_run(exp, tags={**run_tags(cfg, "train", root), **(extra_tags or {})}, run_name=None)
-    tracker = MlflowTracker(client, run.info.run_id)
-    params = {key: str(value) for key, value in {"profile": cfg.profile, **cfg.flat()}.items()}
-    items = list(params.items())
-    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
-        client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i : i + 100]])
+    if run_id is not None and _existing_run(client, run_id, root):
+        resumes = int(client.get_run(run_id).data.tags.get("gptlab.resumes", "0")) + 1
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "gptlab.resumes", str(resumes))
+        logged = last_logged_steps(client, run_id)
+        tracker: MlflowTracker | SkipLogged = SkipLogged(MlflowTracker(client, run_id), logged)
+    else:
+        exp = experiment_id(cfg.tracking.experiment, root)
+        run = client.create_run(exp, tags={**run_tags(cfg, "train", root), **(extra_tags or {})}, run_name=None)
+        run_id = run.info.run_id
+        tracker = MlflowTracker(client, run_id)
+        params = {key: str(value) for key, value in {"profile": cfg.profile, **cfg.flat()}.items()}
+        items = list(params.items())
+        for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+            client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i : i + 100]])
     status = "FAILED"
     try:
         yield tracker
@@ -133,7 +185,27 @@ def training_run(cfg: Config, *, root: str | Path = ".", extra_tags: dict[str, s
     finally:
         with contextlib.suppress(Exception):
             tracker.flush()
-        client.set_terminated(run.info.run_id, status=status)
+        client.set_terminated(run_id, status=status)
+
+
+def download_checkpoint(model_uri: str, dst: str | Path, root: str | Path = ".") -> Path:
+    """The gptlab checkpoint inside a logged model (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/…``),
+    downloaded under ``dst``: fine-tuning starts from a registered model this way (``train.init``)."""
+    import yaml
+
+    configure(root)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
+    except MlflowException as e:
+        raise TrackingError(
+            f"cannot download {model_uri} from {tracking_uri(root)}: {e.message}. List the versions with the "
+            "MLflow UI (`make ui`) or use `train.init=checkpoint:PATH` for a local checkpoint"
+        ) from e
+    spec = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
+    artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    if "checkpoint" not in artifacts:
+        raise TrackingError(f"{model_uri} is not a gptlab model: its MLmodel lists no `checkpoint` artifact")
+    return local / artifacts["checkpoint"]["path"]
 
 
 @contextlib.contextmanager
