@@ -57,7 +57,9 @@ def save_checkpoint(
     path = Path(path)
     weights = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k != TIED}
     with atomic_dir(path) as tmp:
-        safetensors.torch.save_file(weights, tmp / WEIGHTS, metadata={"format": "gptlab", "version": "1"})
+        # One metadata key: safetensors writes metadata in hash-map order, so with two keys identical weights
+        # could give files with different bytes (and sha256) from one save to the next.
+        safetensors.torch.save_file(weights, tmp / WEIGHTS, metadata={"format": "gptlab"})
         if optimizer is not None or state is not None:
             torch.save({"optimizer": optimizer.state_dict() if optimizer else None, "state": state}, tmp / OPTIMIZER)
         full_meta = {
@@ -93,7 +95,13 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
             "the file is corrupt or was replaced. Restore it (`dvc pull` / `dvc checkout`) or re-train"
         )
     model = GPT(ckpt.model_config)
-    state = safetensors.torch.load_file(weights_path, device="cpu")
+    try:
+        state = safetensors.torch.load_file(weights_path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a foreign file
+        raise CheckpointError(
+            f"{weights_path} is not a safetensors file ({e}): gptlab loads weights only from safetensors, never "
+            "from a pickle (unpickling can run code). Re-train, or restore the file (`dvc checkout`)"
+        ) from e
     missing, unexpected = model.load_state_dict(state, strict=False)
     if set(missing) != {TIED} or unexpected:
         raise CheckpointError(f"{weights_path}: missing {sorted(set(missing) - {TIED})}, unexpected {unexpected}")
