@@ -153,6 +153,13 @@ def _models(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     return None
 
 
+def _exec(cmd: list[str]) -> None:
+    """Become ``cmd``, found next to this interpreter first: `mlflow` and the `uvicorn` it starts come from the
+    environment gptlab runs in, activated or not."""
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    os.execvp(cmd[0], cmd)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gptlab import tracking
 
@@ -162,7 +169,7 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(root)
     print(f"serving models:/{cfg.tracking.registered_model}@{args.alias} on http://{args.host}:{args.port}/invocations"
           f"  ({' '.join(cmd)})", file=sys.stderr)
-    os.execvp(cmd[0], cmd)
+    _exec(cmd)
     return 0  # not reached
 
 
@@ -209,7 +216,7 @@ def _ui(args: argparse.Namespace) -> int:
     config_from_args(args)  # -S is accepted here too: a bad one fails like everywhere else
     cmd = tracking.ui_command(args.params.parent, host=args.host, port=args.port)
     print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(cmd)})", file=sys.stderr)
-    os.execvp(cmd[0], cmd)
+    _exec(cmd)
     return 0  # not reached
 
 

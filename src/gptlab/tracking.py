@@ -671,7 +671,7 @@ def promote(name: str, *, alias: str = CHAMPION, version: str | None = None, sou
         for key, value in {"outcome": decision.outcome, "reason": decision.reason, "compared_with": holder or "none",
                            "at": now}.items():
             client.set_model_version_tag(name, candidate.version, f"{tag}.{key}", value[:5000])
-    log.info("promote %s version %s → @%s: %s (%s)", name, candidate.version, alias, decision.outcome, decision.reason)
+    log.debug("promote %s version %s → @%s: %s (%s)", name, candidate.version, alias, decision.outcome, decision.reason)
     return Promotion(name, alias, candidate.version, holder, decision.outcome, decision.reason)
 
 
