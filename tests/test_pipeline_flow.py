@@ -112,3 +112,12 @@ def test_a_deployed_pipeline_run_retrains_and_ends_with_the_promotion_gate(repo:
     assert champion.version == client.get_model_version_by_alias("gptlab", "candidate").version
     assert champion.tags["promotion.champion.outcome"] == "promoted"
     assert "no current champion" in champion.tags["promotion.champion.reason"]
+
+    # The champion's run rebuilds from its records alone, its token files taken from the DVC cache by hash.
+    shutil.rmtree(repo / "data" / "tokens")
+    result = subprocess.run([str(BIN / "gptlab"), "reproduce", champion.run_id], cwd=repo, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    reproduced = json.loads(result.stdout)
+    assert reproduced["data"].startswith("the DVC cache") and reproduced["delta"] == 0.0
+    assert reproduced["weights_identical"] is True

@@ -191,13 +191,17 @@ def _prepare_data(record_tags: dict[str, str], provenance: Path, root: Path, wor
     return "rebuilt by the download and tokenize stages from the recorded settings (every shard's sha256 matches)"
 
 
-def _write_params(provenance: Path, workspace: Path) -> str:
+def _write_params(provenance: Path, workspace: Path, root: Path) -> str:
     config_file = provenance / CONFIG_FILE
     if not config_file.is_file():
         raise ReproduceError(f"the run kept no provenance/{CONFIG_FILE} (trained by an older gptlab): its resolved "
                              "params cannot be rebuilt exactly")
     tree = yaml.safe_load(config_file.read_text())
     profile = tree["profile"]
+    source = tree["data"]["source"]
+    if source.startswith("local:") and not Path(source.removeprefix("local:")).is_absolute():
+        # A local corpus is named relative to the project; the stages run in the workspace.
+        tree["data"]["source"] = f"local:{(root / source.removeprefix('local:')).resolve()}"
     (workspace / "profiles").mkdir()
     # The recorded config already has its profile applied: an empty overlay of the same name keeps the name.
     (workspace / "profiles" / f"{profile}.yaml").write_text(yaml.safe_dump({s: {} for s in SECTIONS}))
@@ -218,7 +222,7 @@ def reproduce(run_id: str, *, root: str | Path = ".", overrides: list[str] | tup
         record = tracking.fetch_run(run_id, workspace / "records", root)
         if record.final_val_loss is None:
             raise ReproduceError(f"run {run_id} has no val/loss metric: it did not finish training")
-        _write_params(record.provenance, workspace)
+        _write_params(record.provenance, workspace, root)
         load_config(workspace / "params.yaml", overrides)  # every problem with -S, before any work
         code_src, code = _prepare_code(record.tags, record.provenance, root, workspace)
         data = _prepare_data(record.tags, record.provenance, root, workspace, overrides, code_src)
