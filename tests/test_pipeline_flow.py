@@ -7,11 +7,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -19,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from .conftest import REPO
+from .servers import free_port, wait_for_http
 from .test_pipeline import _run, repo  # noqa: F401 - the tiny project in a temp git + DVC repo
 
 BIN = Path(sys.executable).parent
@@ -45,12 +43,6 @@ def test_the_deployment_runs_the_pipeline_flow_on_a_gpu_pool():
     assert ".deploy(" not in flow_code and ".serve(" not in flow_code  # deployments live apart from flows
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_deployed_pipeline_run_retrains_and_ends_with_the_promotion_gate(repo: Path, tmp_path: Path):  # noqa: F811
     # The worker's checkout pulls from its origin before each run (prefect.yaml's pull steps).
@@ -64,7 +56,7 @@ def test_a_deployed_pipeline_run_retrains_and_ends_with_the_promotion_gate(repo:
     branch = _run(["git", "rev-parse", "--abbrev-ref", "HEAD"], repo).strip()
     _run(["git", "branch", "-q", f"--set-upstream-to=origin/{branch}"], repo)
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_API_URL": api,
            "PREFECT_HOME": str(tmp_path / "prefect"), "GPTLAB_HOME": str(repo)}
@@ -73,15 +65,10 @@ def test_a_deployed_pipeline_run_retrains_and_ends_with_the_promotion_gate(repo:
                               env={**env, "PREFECT_API_URL": ""}, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "prefect-server.log").read_text()) from None
-                time.sleep(1)
+        try:
+            wait_for_http(f"{api}/health", server)
+        except AssertionError:
+            raise AssertionError((tmp_path / "prefect-server.log").read_text()) from None
 
         def prefect(*args: str, timeout: float = 120) -> str:
             result = subprocess.run([str(BIN / "prefect"), *args], cwd=repo, env=env, capture_output=True, text=True,

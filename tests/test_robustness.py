@@ -9,11 +9,9 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,14 +24,9 @@ from gptlab.fileio import read_json, sha256_file, write_json
 from gptlab.stages import Paths, evaluate, register_model, train_model
 
 from .conftest import TINY
+from .servers import free_port, wait_for_http
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:
@@ -41,7 +34,7 @@ class MlflowServer:
 
     def __init__(self, root: Path):
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
 
@@ -53,15 +46,10 @@ class MlflowServer:
              "--workers", "1"],
             stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True,  # noqa: SIM115
         )
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not start:\n{(self.root / 'server.log').read_text()}")
-                time.sleep(0.5)
+        try:
+            wait_for_http(f"{self.uri}/health", self.proc)
+        except AssertionError:
+            raise AssertionError((self.root / "server.log").read_text()) from None
 
     def kill(self) -> None:
         """SIGKILL the server and its workers (a crash, not a shutdown), by the process group we started."""

@@ -6,10 +6,8 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +24,8 @@ from gptlab.fileio import read_json
 from gptlab.outbox import Outbox, find_outboxes
 from gptlab.provenance import code_fingerprint
 from gptlab.stages import Paths, evaluate, register_model, train_model
+
+from .servers import free_port, wait_for_http
 
 
 @pytest.fixture
@@ -240,33 +240,18 @@ def test_an_alias_whose_version_is_gone_is_explained(evaluated, capsys):
     assert "promote another version" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_champion_is_served_over_http_on_loopback(evaluated, capsys):
     cfg, paths, _, _ = evaluated
     assert _cli(capsys, paths.root, "promote")[0] == 0
-    port = _free_port()
+    port = free_port()
     # `gptlab serve` resolves the alias, then becomes `mlflow models serve -m models:/gptlab@champion`.
     server = subprocess.Popen(
         [sys.executable, "-m", "gptlab", "serve", "--params", str(paths.root / "params.yaml"), "--port", str(port)],
         cwd=paths.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"model server did not come up:\n{server.stdout.read() if server.stdout else ''}")
-                time.sleep(1)
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server)
         cmdline = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
         assert b"models" in cmdline and b"serve" in cmdline and b"models:/gptlab@champion" in cmdline
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout

@@ -560,10 +560,8 @@ def versions_of_run(name: str, run_id: str, root: str | Path = ".") -> list[str]
 
 
 def tag_versions_of_run(name: str, run_id: str, tags: dict[str, Any], root: str | Path = ".") -> None:
-    client = configure(root)
     for version in versions_of_run(name, run_id, root):
-        for key, value in tags.items():
-            client.set_model_version_tag(name, version, key, str(value))
+        set_version_tags(name, version, tags, root)
 
 
 def _aliases(client: MlflowClient, name: str) -> dict[str, list[str]]:
@@ -624,10 +622,6 @@ class Promotion:
     previous: str | None
     outcome: str
     reason: str
-
-    @property
-    def moved(self) -> bool:
-        return self.outcome in ("promoted", "forced")
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "alias": self.alias, "version": self.version, "previous": self.previous,
