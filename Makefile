@@ -75,4 +75,5 @@ constraints: env  ## re-pin constraints.txt to what .venv holds
 	mv constraints.txt.new constraints.txt
 
 clean:  ## remove pipeline outputs and the MLflow store (not .venv or caches)
-	rm -rf data/raw data/tokens models/final models/checkpoints metrics samples reports mlflow.db mlartifacts
+	rm -rf data/raw data/tokens data/.*.partial models/final models/checkpoints metrics samples mlflow.db mlartifacts
+	rm -f baselines/*.json reports/*.md reports/*.png reports/*.csv

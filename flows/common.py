@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gptlab.cli import add_config_args, configure_logging, run_guarded
+from gptlab.config import load_config
 
 
 def main(flow: Callable[..., Any], description: str) -> None:
@@ -16,4 +17,9 @@ def main(flow: Callable[..., Any], description: str) -> None:
     add_config_args(parser)
     args = parser.parse_args()
     configure_logging()
-    sys.exit(run_guarded(lambda: flow(params=str(args.params), overrides=list(args.overrides))))
+
+    def run() -> Any:
+        load_config(args.params, args.overrides)  # config problems before Prefect starts: one message, exit 2
+        return flow(params=str(args.params), overrides=list(args.overrides))
+
+    sys.exit(run_guarded(run))

@@ -104,7 +104,13 @@ def load_weights(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
             f"{weights_path} has sha256 {actual[:12]}…, {META} records {ckpt.meta['weights_sha256'][:12]}…: "
             "the file is corrupt or was replaced. Restore it (`dvc pull` / `dvc checkout`) or re-train"
         )
-    return safetensors.torch.load_file(weights_path, device="cpu")
+    try:
+        return safetensors.torch.load_file(weights_path, device="cpu")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a foreign file
+        raise CheckpointError(
+            f"{weights_path} is not a safetensors file ({e}): gptlab loads weights only from safetensors, never "
+            "from a pickle (unpickling can run code). Re-train, or restore the file (`dvc checkout`)"
+        ) from e
 
 
 def load_state_into(model: GPT, weights: dict[str, torch.Tensor], source: Path) -> None:

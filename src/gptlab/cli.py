@@ -35,11 +35,27 @@ STAGE_HELP = {
 EXIT_CONFIG, EXIT_FAILED = 2, 1
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (``main`` may run inside a host that swaps it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # noqa: ANN201 - logging's attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.WARNING,
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        handlers=[_StderrHandler()],
         force=True,
     )
     logging.getLogger("gptlab").setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -105,24 +121,106 @@ def _show_config(args: argparse.Namespace) -> None:
     print(yaml.safe_dump(json.loads(json.dumps(cfg.to_dict())), sort_keys=False), end="")
 
 
-def _promote(args: argparse.Namespace) -> dict[str, str]:
+def _promote(args: argparse.Namespace) -> dict[str, Any]:
     from gptlab import tracking
 
     cfg = config_from_args(args)
-    version = tracking.promote(
+    promotion = tracking.promote(
         cfg.tracking.registered_model, alias=args.alias, version=args.version, source_alias=args.from_alias,
-        root=args.params.parent,
+        margin=cfg.tracking.promote_margin, force=args.force, root=args.params.parent,
     )
-    return {"model": cfg.tracking.registered_model, "version": version, "alias": args.alias,
-            "uri": f"models:/{cfg.tracking.registered_model}@{args.alias}"}
+    if promotion.outcome == "rejected":
+        raise tracking.TrackingError(
+            f"{promotion.model} version {promotion.version} not promoted to {promotion.alias} "
+            f"(stays at version {promotion.previous}): {promotion.reason}. Recorded as version tags "
+            f"promotion.{promotion.alias}.*; `--force` promotes anyway"
+        )
+    return promotion.to_dict()
+
+
+def _models(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    from gptlab import tracking
+
+    cfg = config_from_args(args)
+    rows = tracking.list_models(cfg.tracking.registered_model, root=args.params.parent)
+    if args.json:
+        return rows
+    if not rows:
+        print(f"no versions of {cfg.tracking.registered_model} in {tracking.tracking_uri(args.params.parent)}: "
+              "run the pipeline (`dvc repro`) first")
+        return None
+    from tabulate import tabulate
+
+    short = [{**r, "run_id": r["run_id"][:8], "val_sha256": r["val_sha256"][:12]} for r in rows]
+    print(f"{cfg.tracking.registered_model} in {tracking.tracking_uri(args.params.parent)}")
+    print(tabulate(short, headers="keys", tablefmt="github", floatfmt=".4g", missingval="-"))
+    return None
+
+
+def _exec(cmd: list[str]) -> None:
+    """Become ``cmd``, found next to this interpreter first: `mlflow` and the `uvicorn` it starts come from the
+    environment gptlab runs in, activated or not."""
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    os.execvp(cmd[0], cmd)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gptlab import tracking
+
+    cfg = config_from_args(args)
+    root = args.params.parent
+    cmd = tracking.serve_command(cfg.tracking.registered_model, args.alias, root=root, host=args.host, port=args.port)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(root)
+    print(f"serving models:/{cfg.tracking.registered_model}@{args.alias} on http://{args.host}:{args.port}/invocations"
+          f"  ({' '.join(cmd)})", file=sys.stderr)
+    _exec(cmd)
+    return 0  # not reached
+
+
+def _rescore(args: argparse.Namespace) -> dict[str, Any]:
+    from gptlab.registry import rescore
+    from gptlab.stages import Paths
+
+    alias = None if args.version else args.alias
+    return rescore(config_from_args(args), Paths(args.params.parent), alias=alias, version=args.version)
+
+
+def _sync(args: argparse.Namespace) -> dict[str, Any]:
+    from gptlab import tracking
+
+    config_from_args(args)
+    results = tracking.sync(args.params.parent)
+    return {"runs": results} if results else {"runs": [], "note": "nothing was waiting in .gptlab/outbox/"}
+
+
+def _register(args: argparse.Namespace) -> dict[str, str]:
+    from gptlab.stages import Paths, register_checkpoint
+
+    return register_checkpoint(config_from_args(args), Paths(args.params.parent))
+
+
+def _reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    from gptlab.reproduce import ReproduceError, reproduce
+
+    config_from_args(args)  # the -S overrides, against this project's params, before any work
+    result = reproduce(args.run_id, root=args.params.parent, overrides=args.overrides, tolerance=args.tolerance,
+                       keep=args.keep)
+    if not result.matches:
+        raise ReproduceError(
+            f"run {args.run_id} did not reproduce: final val loss {result.reproduced_val_loss!r} vs recorded "
+            f"{result.recorded_val_loss!r} (difference {result.delta:.3g} > tolerance {args.tolerance:g}). "
+            f"Details: {json.dumps(result.to_dict(), default=str)}"
+        )
+    return result.to_dict()
 
 
 def _ui(args: argparse.Namespace) -> int:
     from gptlab import tracking
 
+    config_from_args(args)  # -S is accepted here too: a bad one fails like everywhere else
     cmd = tracking.ui_command(args.params.parent, host=args.host, port=args.port)
     print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(cmd)})", file=sys.stderr)
-    os.execvp(cmd[0], cmd)
+    _exec(cmd)
     return 0  # not reached
 
 
@@ -159,12 +257,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration (params.yaml + profile + -S)")
     add_config_args(p)
     p.set_defaults(func=_show_config)
-    p = sub.add_parser("promote", help="point a registry alias (default champion) at a model version")
+    p = sub.add_parser("promote", help="the promotion gate: candidate → champion if it beats it on the same val split")
     add_config_args(p)
     p.add_argument("--alias", default="champion", help="alias to set (default: champion)")
     p.add_argument("--version", default=None, help="version to promote (default: the one --from-alias names)")
     p.add_argument("--from-alias", default="candidate", help="alias whose version is promoted (default: candidate)")
+    p.add_argument("--force", action="store_true",
+                   help="move the alias even if the gate says no (the gate's reason is still recorded)")
+    p.description = (
+        "The promotion gate: the candidate takes the alias only if its val perplexity beats the current holder's "
+        "on the same val split (val_sha256 tags) by tracking.promote_margin. The decision and its reason are "
+        "recorded as version tags promotion.<alias>.*. Exit code 1 when the gate says no."
+    )
     p.set_defaults(func=_promote)
+    p = sub.add_parser("rescore", help="score a registered version on the current val split (data/tokens) and "
+                       "update its val_* tags, so the gate can compare it")
+    add_config_args(p)
+    p.add_argument("--alias", default="champion", help="alias of the version to score (default: champion)")
+    p.add_argument("--version", default=None, help="version to score (instead of --alias)")
+    p.set_defaults(func=_rescore)
+    p = sub.add_parser("models", help="list registered versions: aliases, val perplexity, val split, promotions")
+    add_config_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_models)
+    p = sub.add_parser("serve", help="serve models:/gptlab@champion over HTTP (mlflow models serve, loopback)")
+    add_config_args(p)
+    p.add_argument("--alias", default="champion", help="alias to serve (default: champion)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=5001)
+    p.set_defaults(func=_serve)
+    p = sub.add_parser("register", help="register models/final as a new version with alias candidate "
+                       "(after an outage: `gptlab sync` first)")
+    add_config_args(p)
+    p.set_defaults(func=_register)
+    p = sub.add_parser("sync", help="deliver tracking records kept in .gptlab/outbox/ while MLflow was unreachable")
+    add_config_args(p)
+    p.set_defaults(func=_sync)
+    p = sub.add_parser(
+        "reproduce", help="rebuild a training run in a temp workspace and compare its final val loss",
+        description="Rebuild RUN_ID from its records (resolved params, token-file hashes, git commit and diff) in a "
+        "temporary workspace, train it again and report the difference in final val loss. Exit code 1 when the "
+        "difference exceeds --tolerance (CPU runs reproduce bit for bit; GPU kernels may not).",
+    )
+    p.add_argument("run_id", help="the MLflow run to rebuild (see `gptlab models` or the MLflow UI)")
+    add_config_args(p)
+    p.add_argument("--tolerance", type=float, default=1e-6, help="largest accepted |Δ val loss| (default: 1e-6)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary workspace and print its path")
+    p.set_defaults(func=_reproduce)
     p = sub.add_parser("ui", help="start the MLflow UI over the project's tracking store")
     add_config_args(p)
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")

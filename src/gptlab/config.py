@@ -202,6 +202,12 @@ class TrackingConfig:
     """MLflow experiment that holds the runs."""
     registered_model: str
     """Registered model that receives a new version per training (alias ``candidate``)."""
+    promote_margin: float
+    """The promotion gate: a candidate becomes ``champion`` only if its val perplexity is below the champion's
+    (on the same val split) by at least this fraction: 0.01 means at least 1% lower. ``--force`` overrides."""
+    flush_timeout: float
+    """Seconds the end of a training run keeps retrying an unreachable tracking server; records still
+    undelivered then stay in ``.gptlab/outbox/`` for ``gptlab sync``."""
 
 
 @dataclass(frozen=True)
@@ -516,6 +522,13 @@ def _check_generate(g: GenerateConfig, p: list[str]) -> None:
         p.append(f"`generate.top_p` must be in (0, 1], got {g.top_p}")
 
 
+def _check_tracking(k: TrackingConfig, p: list[str]) -> None:
+    if not 0.0 <= k.promote_margin < 1.0:
+        p.append(f"`tracking.promote_margin` must be in [0, 1) (a fraction of the champion's perplexity), "
+                 f"got {k.promote_margin}")
+    _bounds("tracking", k, ["flush_timeout"], p, allow_zero=True)
+
+
 def _check_generate_model(g: GenerateConfig, m: ModelConfig, p: list[str]) -> None:
     if g.top_k > m.vocab_size:
         p.append(f"`generate.top_k` ({g.top_k}) exceeds `model.vocab_size` ({m.vocab_size}); use 0 to disable")
@@ -530,6 +543,7 @@ _CHECKS: list[tuple[tuple[str, ...], Any]] = [
     (("train",), _check_train),
     (("eval",), _check_eval),
     (("generate",), _check_generate),
+    (("tracking",), _check_tracking),
     (("generate", "model"), _check_generate_model),
 ]
 

@@ -133,7 +133,7 @@ def _train_and_record(cfg: Config, paths: Paths, run_dir: Path, dist: Dist) -> T
     resume = find_resume(run_dir, cfg.train.resume)
     init = _init_model(cfg, paths) if resume is None else None
     previous_run = resume.checkpoint.meta.get("mlflow_run_id") if resume is not None else None
-    with tracking.training_run(cfg, root=paths.root, run_id=previous_run) as tracker:
+    with tracking.training_run(cfg, root=paths.root, run_id=previous_run, tokens_dir=paths.tokens) as tracker:
         result = train(
             cfg, tokens_dir=paths.tokens, out_dir=paths.model, tracker=tracker,
             meta={"mlflow_run_id": tracker.run_id, "profile": cfg.profile},
@@ -164,9 +164,10 @@ def _train_and_record(cfg: Config, paths: Paths, run_dir: Path, dist: Dist) -> T
         curve = curve.reindex(columns=["step", "train_loss", "val_loss", "lr", "tokens_per_sec"])
         with atomic_path(paths.metrics / "train_curve.csv") as tmp:
             curve.to_csv(tmp, index=False)
-        tracker.client.log_metric(tracker.run_id, "params", summary["params"])
+        tracker.log_metrics({"params": summary["params"]}, step=result.steps)
+        tracker.set_tags({"gptlab.weights_sha256": result.checkpoint.meta["weights_sha256"]})
         for file in (paths.metrics / "train.json", paths.metrics / "train_curve.csv"):
-            tracker.client.log_artifact(tracker.run_id, str(file), artifact_path="metrics")
+            tracker.log_artifact(file, artifact_path="metrics")
     return Trained(tracker.run_id, paths.model)
 
 
@@ -200,6 +201,14 @@ def register_model(cfg: Config, paths: Paths, run_id: str) -> dict[str, str]:
         root=paths.root,
     )
     return {"name": version.name, "version": version.version, "model_uri": version.model_uri}
+
+
+def register_checkpoint(cfg: Config, paths: Paths) -> dict[str, str]:
+    """Register ``models/final`` under the run that trained it (``gptlab register``: after a tracking outage)."""
+    run_id = _run_id(paths)
+    if not run_id:
+        raise ValueError(f"{paths.model}/meta.json records no MLflow run: re-run `gptlab train`")
+    return {"run_id": run_id, **register_model(cfg, paths, run_id)}
 
 
 def train(cfg: Config, paths: Paths) -> dict[str, Any] | None:
