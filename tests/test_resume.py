@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from gptlab import tracking
 from gptlab.checkpoint import checkpoint_steps, open_checkpoint
+from gptlab.outbox import Outbox
 
 from .conftest import TINY
 
@@ -163,3 +164,21 @@ def test_a_resumed_run_logs_each_step_once(tiny_cfg, project):
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["gptlab.resumes"] == "1"
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_a_resume_first_delivers_what_the_killed_process_kept(tiny_cfg, project):
+    """The killed process had logged steps 1-6, but only 1-3 reached MLflow: 4-6 were still in its outbox.
+    The resumed run delivers those first and then re-sends 1-8: the run holds 1-8, once each."""
+    with tracking.training_run(tiny_cfg, root=project) as tracker:
+        for step in range(1, 4):
+            tracker.log_metrics({"train/loss": 10.0 - step}, step=step)
+    kept = Outbox.create(project, tracker.run_id, tracking.tracking_uri(project))
+    for step in range(4, 7):
+        kept.append({"type": "metrics", "metrics": [["train/loss", 10.0 - step, 1_700_000_000_000, step]]})
+    with tracking.training_run(tiny_cfg, root=project, run_id=tracker.run_id) as resumed:
+        for step in range(1, 9):
+            resumed.log_metrics({"train/loss": 10.0 - step}, step=step)
+    history = tracking.configure(project).get_metric_history(tracker.run_id, "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, 9))
+    assert {m.step: m.timestamp for m in history}[5] == 1_700_000_000_000  # the kept record, not the replay
+    assert not Outbox.path_for(project, tracker.run_id).exists()

@@ -31,7 +31,7 @@ def rescore(cfg: Config, paths: Paths, *, alias: str | None = None, version: str
         raise tracking.TrackingError(f"{name} has no alias {alias!r}: nothing to re-score (`gptlab models` lists versions)")
     version, old = found
     with tempfile.TemporaryDirectory(prefix="gptlab-rescore-") as tmp:
-        checkpoint = tracking.download_checkpoint(name, version, Path(tmp) / "download", root=paths.root)
+        checkpoint = tracking.download_checkpoint(f"models:/{name}/{version}", Path(tmp) / "download", root=paths.root)
         # score() reads <root>/models/final and <root>/data/tokens: point a scratch root at both.
         scratch = Paths(Path(tmp) / "root")
         scratch.model.parent.mkdir(parents=True)

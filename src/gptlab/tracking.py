@@ -441,17 +441,12 @@ def training_run(
 
 def download_checkpoint(model_uri: str, dst: str | Path, root: str | Path = ".") -> Path:
     """The gptlab checkpoint inside a logged model (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/…``),
-    downloaded under ``dst``: fine-tuning starts from a registered model this way (``train.init``)."""
+    downloaded under ``dst``: fine-tuning (``train.init``) and the gate's re-scoring read models this way."""
     import yaml
 
     configure(root)
-    try:
+    with _reachable(root, f"download {model_uri} (`gptlab models` lists the versions)"):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
-    except MlflowException as e:
-        raise TrackingError(
-            f"cannot download {model_uri} from {tracking_uri(root)}: {e.message}. List the versions with the "
-            "MLflow UI (`make ui`) or use `train.init=checkpoint:PATH` for a local checkpoint"
-        ) from e
     spec = yaml.safe_load((local / "MLmodel").read_text()) if (local / "MLmodel").is_file() else {}
     artifacts = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
     if "checkpoint" not in artifacts:
@@ -803,17 +798,6 @@ def set_version_tags(name: str, version: str, tags: dict[str, Any], root: str | 
     with _reachable(root, f"tag {name} version {version}"):
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, str(value))
-
-
-def download_checkpoint(name: str, version: str, dst: str | Path, root: str | Path = ".") -> Path:
-    """The gptlab checkpoint inside a registered version, downloaded under ``dst``."""
-    configure(root)
-    with _reachable(root, f"download {name} version {version}"):
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst)))
-    found = [p.parent for p in (local / "artifacts").glob("*/meta.json")]
-    if len(found) != 1:
-        raise TrackingError(f"{name} version {version} holds no gptlab checkpoint under {local / 'artifacts'}")
-    return found[0]
 
 
 def list_models(name: str, root: str | Path = ".") -> list[dict[str, Any]]:
