@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=4_400_000, help="val tokens to score (default: 4.4M)")
     parser.add_argument("--batch-size", type=int, default=None, help="eval windows per forward (default: eval.batch_size)")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (median reported)")
+    parser.add_argument("--train-batch", type=int, default=None, help="training micro-batch (default: train.batch_size)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     parser.add_argument("--text", type=Path, default=None, help="real text to tokenize and repeat instead")
@@ -81,7 +82,7 @@ def main() -> None:
     cfg = load_config(REPO / "params.yaml", ["profile=seed"])
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    context, train_batch = cfg.model.block_size, cfg.train.batch_size
+    context, train_batch = cfg.model.block_size, args.train_batch or cfg.train.batch_size
     eval_batch = args.batch_size or cfg.eval.batch_size
     torch.manual_seed(0)
     model = GPT(cfg.model).to(device)
