@@ -155,8 +155,8 @@ def main() -> None:
     parser.add_argument("--sizes", nargs=2, type=int, default=[10, 100], metavar=("SMALL_MB", "BIG_MB"))
     parser.add_argument("--workers", type=int, default=None, help="threads / processes (default: every core)")
     parser.add_argument("--skip-nanogpt", action="store_true", help="leave out the nanoGPT recipe (the slowest)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per method and size; the fastest counts "
-                        "(default 2: a shared machine adds noise, never speed)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per method and size; the fastest counts "
+                        "(default 3: a shared machine adds noise, never speed)")
     args = parser.parse_args()
     if not args.text.is_file():
         raise SystemExit(f"{args.text} does not exist: pass a text file, e.g. "
