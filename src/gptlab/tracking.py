@@ -22,7 +22,7 @@ from typing import Any
 import mlflow
 import mlflow.artifacts
 import mlflow.pyfunc
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -39,6 +39,7 @@ ARTIFACT_DIR = "mlartifacts"
 CANDIDATE, CHAMPION = "candidate", "champion"
 MODEL_NAME = "model"  # the logged model's name inside a run
 PROVENANCE = "provenance"  # the run's artifact folder of files that rebuild it
+BATCH_METRICS = 900  # metrics per delivery: MLflow's log_batch accepts at most 1000
 
 
 class TrackingError(RuntimeError):
@@ -113,7 +114,7 @@ class MlflowTracker:
         root: str | Path,
         flush_seconds: float = 5.0,
         flush_timeout: float = 60.0,
-        max_buffer: int = 900,
+        max_buffer: int = BATCH_METRICS,
         max_retry_seconds: float = 60.0,
     ):
         self.client = client
@@ -299,7 +300,7 @@ def sync(root: str | Path = ".") -> list[dict[str, Any]]:
         records = box.records()
         start = done = box.delivered()
         while done < len(records):
-            batch = _next_batch(records[done:], 900)
+            batch = _next_batch(records[done:], BATCH_METRICS)
             try:
                 send_record_batch(client, box.run_id, batch, box.path)
             except Exception as e:  # noqa: BLE001 - report it and keep the rest for the next attempt
@@ -363,20 +364,20 @@ def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
     return {key: max(m.step for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
-def _existing_run(client: MlflowClient, run_id: str, root: str | Path) -> bool:
+def _existing_run(client: MlflowClient, run_id: str, root: str | Path) -> Run | None:
     try:
-        client.get_run(run_id)
-        return True
+        return client.get_run(run_id)
     except MlflowException:
         log.warning("MLflow run %s (named by the checkpoint) is not in %s: the resumed training starts a new run "
                     "and re-logs the history the checkpoint holds", run_id, tracking_uri(root))
-        return False
+        return None
 
 
-def _reopen(client: MlflowClient, run_id: str, *, root: str | Path, flush_timeout: float) -> SkipLogged:
+def _reopen(client: MlflowClient, run: Run, *, root: str | Path, flush_timeout: float) -> SkipLogged:
     """Continue a killed training's run: first deliver what its process kept in the outbox, then skip the steps
     the run holds (or that are still kept for delivery, if the server refused them just now)."""
-    resumes = int(client.get_run(run_id).data.tags.get("gptlab.resumes", "0")) + 1
+    run_id = run.info.run_id
+    resumes = int(run.data.tags.get("gptlab.resumes", "0")) + 1
     client.update_run(run_id, status="RUNNING")
     client.set_tag(run_id, "gptlab.resumes", str(resumes))
     tracker = MlflowTracker(client, run_id, root=root, flush_timeout=flush_timeout)
@@ -414,8 +415,9 @@ def training_run(
     uri = tracking_uri(root)
     tracker: MlflowTracker | SkipLogged
     try:
-        if run_id is not None and _existing_run(client, run_id, root):
-            tracker = _reopen(client, run_id, root=root, flush_timeout=cfg.tracking.flush_timeout)
+        previous = _existing_run(client, run_id, root) if run_id is not None else None
+        if previous is not None:
+            tracker = _reopen(client, previous, root=root, flush_timeout=cfg.tracking.flush_timeout)
         else:
             exp = experiment_id(cfg.tracking.experiment, root)
             run = client.create_run(exp, tags={**run_tags(cfg, "train", root), **(extra_tags or {})}, run_name=None)
