@@ -21,7 +21,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_LOGGING_LEVEL ?= WARNING
 export GIT_PYTHON_REFRESH ?= quiet
 
-.PHONY: help env tokenizer demo test test-fast ui bench constraints clean
+.PHONY: help env tokenizer demo lint layout test test-fast ui bench constraints clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,7 +57,13 @@ demo: env tokenizer  ## run the whole pipeline offline on CPU (demo profile), th
 	@echo "Promote:      $(VENV)/bin/gptlab promote --alias champion"
 	@echo "Back to seed: dvc exp run -S profile=seed   (or: git checkout params.yaml)"
 
-test: env tokenizer  ## the whole test suite, offline (slow tests included, as in CI)
+lint: env  ## ruff: pyflakes, import order, pyupgrade, bugbear (pyproject.toml [tool.ruff])
+	$(BIN)/ruff check .
+
+layout: env  ## regenerate README.md's layout section from the folders
+	$(BIN)/python tests/layout.py --write
+
+test: env tokenizer lint  ## lint, then the whole test suite, offline (slow tests included, as in CI)
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; exit 1; fi; exit $$rc
 

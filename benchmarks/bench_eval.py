@@ -1,7 +1,7 @@
 """Evaluation throughput of the seed model against a training step, measured in the same run.
 
 The evaluate stage scores the whole val split (OpenWebText's is ~4.4M tokens) with
-:func:`gptlab.evaluate.perplexity`: no autograd, larger batches, bf16 autocast on CUDA. Per token it should run
+:func:`gptlab.core.evaluate.perplexity`: no autograd, larger batches, bf16 autocast on CUDA. Per token it should run
 several times faster than a training step (forward + backward + AdamW). This prints one table:
 
     python benchmarks/bench_eval.py                     # the seed model (params.yaml), 4.4M synthetic val tokens
@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptlab.config import load_config
-from gptlab.evaluate import perplexity
-from gptlab.model import GPT
-from gptlab.train import autocast, resolve_device, resolve_dtype
+from gptlab.core.evaluate import perplexity
+from gptlab.core.hardware import autocast, resolve_device, resolve_dtype
+from gptlab.core.model import GPT
+from gptlab.pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -107,7 +107,7 @@ def main() -> None:
     print("|--------------------------------------|------------|------------|---------|-----------|---------------|")
     print(f"| train step (forward+backward+AdamW)  | {train_batch:>3} x {context:<4} | {train_batch * context:>10,} "
           f"| {step_s:>7.2f} | {train_rate:>9,.0f} |         1.00x |")
-    print(f"| eval forward (gptlab.evaluate)       | {eval_batch:>3} x {context:<4} | {result.tokens:>10,} "
+    print(f"| eval forward (gptlab.core.evaluate)  | {eval_batch:>3} x {context:<4} | {result.tokens:>10,} "
           f"| {result.seconds:>7.1f} | {eval_rate:>9,.0f} | {eval_rate / train_rate:>12.2f}x |")
     print()
     print(f"val loss {result.loss:.3f} (an untrained model on {'real' if args.text else 'random'} tokens: "

@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +43,7 @@ print(json.dumps({"rss_mb": next(int(line.split()[1]) for line in open("/proc/se
 
 GPTLAB = """
 import json, sys, time
-from gptlab.config import TokenizeConfig
+from gptlab.settings import TokenizeConfig
 from gptlab.data.tokenize import tokenize
 raw, out, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = TokenizeConfig(tokenizer="gpt2", val_fraction=0.0005, split_seed=2357, shard_tokens=100_000_000,
@@ -119,8 +118,8 @@ def build_corpus(docs: list[str], megabytes: int, root: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gptlab.config import DataConfig
     from gptlab.data.download import download
+    from gptlab.settings import DataConfig
 
     target, corpus, chars = megabytes * 1_000_000, [], 0
     while chars < target:

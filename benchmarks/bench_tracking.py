@@ -21,11 +21,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 
 import torch  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
 
-from gptlab import tracking  # noqa: E402
-from gptlab.config import ModelConfig  # noqa: E402
-from gptlab.model import GPT  # noqa: E402
+from gptlab.core.model import GPT  # noqa: E402
+from gptlab.settings import ModelConfig  # noqa: E402
+from gptlab.tracking.store import Store  # noqa: E402
+from gptlab.tracking.tracker import Tracker  # noqa: E402
 
 CALLS = 2000
 RECORD = {"train/loss": 3.2, "lr": 6e-4, "tokens_seen": 1.0e6, "tokens_per_sec": 5.0e4}
@@ -37,7 +37,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # nothing listens once the socket closes
 
 
-def _per_call_us(tracker: tracking.MlflowTracker) -> tuple[float, float]:
+def _per_call_us(tracker: Tracker) -> tuple[float, float]:
     times = []
     for step in range(CALLS):
         start = time.perf_counter()
@@ -68,21 +68,20 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        client = tracking.configure(root)
-        run_id = client.create_run(tracking.experiment_id("bench", root)).info.run_id
-        up = tracking.MlflowTracker(client, run_id, root=root, flush_timeout=60)
+        store = Store.at(root)
+        up = Tracker.start(store, experiment="bench", tags={}, flush_timeout=60)
         rows.append(("server up (sqlite)", *_per_call_us(up)))
         start = time.perf_counter()
-        left = up.close()
+        left = up.close().kept
         delivered_s = time.perf_counter() - start
-        assert left == 0 and len(client.get_metric_history(run_id, "train/loss")) == CALLS
+        assert left == 0 and len(store.client().get_metric_history(up.run_id, "train/loss")) == CALLS
 
-        down_client = MlflowClient(tracking_uri=f"http://127.0.0.1:{_closed_port()}")
-        down = tracking.MlflowTracker(down_client, "no-server-run", root=root, flush_timeout=0)
+        down = Tracker.attach(Store.at(root, uri=f"http://127.0.0.1:{_closed_port()}"), "no-server-run",
+                              flush_timeout=0)
         rows.append(("server down (closed port)", *_per_call_us(down)))
-        kept = down.close()
+        kept = down.close().kept
     step = _step_ms()
-    print(f"MlflowTracker.log_metrics, {CALLS} calls of {len(RECORD)} metrics; reference: one optimizer step of "
+    print(f"Tracker.log_metrics, {CALLS} calls of {len(RECORD)} metrics; reference: one optimizer step of "
           f"the demo model (2x128, 8x128 tokens) on this CPU = {step:.1f} ms")
     print(f"| {'case':<27} | median µs/call | p99 µs/call | share of a step |")
     print(f"|{'-' * 29}|{'-' * 16}|{'-' * 13}|{'-' * 17}|")

@@ -8,7 +8,7 @@ micro-batches and 2 micro-batches per optimizer step.
 - **reference**: what nanoGPT's train.py does on this device, written out here: ``torch.compile``d model,
   float32 on CPU (its autocast is off for CPU) / bf16 autocast on CUDA, full logits and cross-entropy,
   AdamW (fused on CUDA), batches cut from a memmap with ``torch.randint`` offsets.
-- **gptlab**: ``gptlab.train.train`` with the seed config's device-dependent defaults (``train.dtype: auto``,
+- **gptlab**: ``gptlab.core.train.train`` with the seed config's device-dependent defaults (``train.dtype: auto``,
   ``train.compile: auto``), logging every step to a real MLflow tracker (sqlite in a temp dir); where
   ``auto`` does not compile (CPU), once more with ``train.compile: true``.
 
@@ -33,14 +33,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptlab import tracking
-from gptlab.config import load_config, replace
+from gptlab.core.hardware import cpu_has_native_bf16, resolve_device, resolve_dtype
+from gptlab.core.model import GPT
+from gptlab.core.train import train, use_compile
 from gptlab.data.loader import TokenSet
 from gptlab.data.shards import read_shard
-from gptlab.hardware import cpu_has_native_bf16, resolve_device, resolve_dtype
-from gptlab.model import GPT
-from gptlab.stages import Paths, download, tokenize
-from gptlab.train import train, use_compile
+from gptlab.pipeline.config import load_config
+from gptlab.pipeline.paths import Paths
+from gptlab.pipeline.stages import download, tokenize
+from gptlab.settings import replace
+from gptlab.tracking.runs import training_run
+from gptlab.tracking.store import Store
+from gptlab.tracking.tracker import Tracker
 
 REPO = Path(__file__).resolve().parents[1]
 GRAD_ACCUM = 2
@@ -99,19 +103,18 @@ def reference_steps(cfg, tokens: TokenSet, device: torch.device, steps: int, war
 
 
 def gptlab_steps(cfg, root: Path, steps: int, warmup: int) -> tuple[list[float], float, float]:
-    """``gptlab.train.train`` with an MLflow tracker: (seconds per step after warmup, tracking s, loop s)."""
+    """``gptlab.core.train.train`` with an MLflow tracker: (seconds per step after warmup, tracking s, loop s)."""
     cfg = replace(cfg, train={"max_iters": warmup + steps, "eval_interval": warmup + steps})
-    with tracking.training_run(cfg, root=root) as tracker:
-        result = train(cfg, tokens_dir=root / "data" / "tokens", out_dir=root / "models" / "bench", tracker=tracker)
+    with training_run(Store.at(root), cfg) as tracker:
+        result = train(cfg, tokens=TokenSet.open(root / "data" / "tokens"), out_dir=root / "models" / "bench",
+                       tracker=tracker)
     per_step = [cfg.tokens_per_step / h["tokens_per_sec"] for h in result.history if "tokens_per_sec" in h]
     return per_step[warmup:], result.tracking_seconds, result.loop_seconds
 
 
 def flush_cost(root: Path, metrics: int = 200, repeats: int = 5) -> float:
     """Seconds one MLflow flush of ``metrics`` buffered values takes on this store (median of ``repeats``)."""
-    client = tracking.configure(root)
-    run_id = client.create_run(tracking.experiment_id("bench", root)).info.run_id
-    tracker = tracking.MlflowTracker(client, run_id, root=root, flush_seconds=1e9)
+    tracker = Tracker.start(Store.at(root), experiment="bench", tags={}, flush_seconds=1e9)
     costs = []
     for r in range(repeats):
         for i in range(metrics // 5):
@@ -139,8 +142,8 @@ def main() -> None:
         root = Path(tmp)
         cfg = seed_config(root, args.micro_batch, args.warmup + args.steps)
         paths = Paths(root)
-        download(cfg, paths)
-        tokenize(cfg, paths)
+        download.run(cfg, paths)
+        tokenize.run(cfg, paths)
         tokens = TokenSet.open(paths.tokens)
         device = resolve_device(cfg.train.device)
         dtype = resolve_dtype(cfg.train.dtype, device)
@@ -173,7 +176,7 @@ def main() -> None:
     rows = [("reference (nanoGPT-style)", ref_precision, "no" if args.smoke else "yes", tokens_per_step / ref, ref, 1.0)]
     for name, variant in ours.items():
         step = statistics.median(our_times[name])
-        label = "gptlab.train (seed defaults)" if name == "defaults" else "gptlab.train, train.compile=true"
+        label = "gptlab.core.train (seed defaults)" if name == "defaults" else "gptlab.core.train, compile=true"
         compiled = "yes" if use_compile(variant.train.compile, device) else "no"
         rows.append((label, our_precision, compiled, tokens_per_step / step, step, ref / step))
     cpu = platform.processor() or platform.machine()

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gptlab.cli import add_config_args, configure_logging, run_guarded
-from gptlab.config import load_config
+from gptlab.pipeline.commandline import add_config_args, configure_logging, run_guarded
+from gptlab.pipeline.config import load_config
 
 
 def main(flow: Callable[..., Any], description: str) -> None:

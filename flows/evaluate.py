@@ -8,8 +8,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from gptlab.config import Config, load_config
-from gptlab.stages import Paths, record_evaluation, score, score_downstream
+from gptlab.pipeline.config import load_config
+from gptlab.pipeline.paths import Paths
+from gptlab.pipeline.stages.evaluate import record, score, score_downstream
+from gptlab.settings import Config
 
 
 @task(name="score-val-split", cache_policy=NONE)
@@ -22,9 +24,9 @@ def downstream_task(cfg: Config, paths: Paths) -> dict[str, Any]:
     return score_downstream(cfg, paths)
 
 
-@task(name="record-evaluation", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+@task(name="record-evaluation", cache_policy=NONE)
 def record_task(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
-    record_evaluation(cfg, paths, result)
+    record(cfg, paths, result)  # through the outbox: a tracking outage keeps the records, never fails the task
 
 
 @flow(name="gptlab-evaluate")

@@ -8,8 +8,10 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from gptlab.config import Config, load_config
-from gptlab.stages import Paths, record_samples, sample, samples_summary
+from gptlab.pipeline.config import load_config
+from gptlab.pipeline.paths import Paths
+from gptlab.pipeline.stages.generate import record, sample, summary
+from gptlab.settings import Config
 
 
 @task(name="sample-prompts", cache_policy=NONE)
@@ -17,9 +19,9 @@ def sample_task(cfg: Config, paths: Paths) -> list[dict[str, Any]]:
     return sample(cfg, paths)
 
 
-@task(name="record-samples", cache_policy=NONE, retries=2, retry_delay_seconds=5)
+@task(name="record-samples", cache_policy=NONE)
 def record_task(cfg: Config, paths: Paths, samples: list[dict[str, Any]]) -> None:
-    record_samples(cfg, paths, samples)
+    record(cfg, paths, samples)  # through the outbox: a tracking outage keeps the records, never fails the task
 
 
 @flow(name="gptlab-generate")
@@ -28,7 +30,7 @@ def generate_flow(params: str = "params.yaml", overrides: list[str] | None = Non
     paths = Paths(Path(params).parent)
     samples = sample_task(cfg, paths)
     record_task(cfg, paths, samples)
-    return samples_summary(samples)
+    return summary(samples)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from gptlab.config import Config, load_config
-from gptlab.registry import gate
-from gptlab.stages import Paths
+from gptlab.errors import GptlabError
+from gptlab.pipeline.config import load_config
+from gptlab.pipeline.paths import Paths
+from gptlab.pipeline.promotion import gate
+from gptlab.settings import Config
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def _dvc(args: list[str], root: Path) -> str:
     result = subprocess.run([str(dvc) if dvc.exists() else "dvc", *args], cwd=root, capture_output=True, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if result.returncode != 0:
-        raise RuntimeError(f"`dvc {' '.join(args)}` failed in {root} (exit {result.returncode}):\n"
+        raise GptlabError(f"`dvc {' '.join(args)}` failed in {root} (exit {result.returncode}):\n"
                            + "\n".join((result.stdout + result.stderr).strip().splitlines()[-30:]))
     return result.stdout + result.stderr
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.config import Config, load_config
+from gptlab.pipeline.config import load_config
+from gptlab.settings import Config
 
 REPO = Path(__file__).resolve().parents[1]
 BPE_ARCHIVE = REPO / ".cache" / "pkgs" / "openai_whisper-20250625.tar.gz"
@@ -102,11 +103,12 @@ def tiny_cfg(project: Path) -> Config:
 @pytest.fixture
 def tokens_dir(tiny_cfg: Config, project: Path, bpe_cache: Path) -> Path:
     """The demo corpus downloaded and tokenized with the real GPT-2 BPE (~140K tokens)."""
-    from gptlab.stages import Paths, download, tokenize
+    from gptlab.pipeline.paths import Paths
+    from gptlab.pipeline.stages import download, tokenize
 
     paths = Paths(project)
-    download(tiny_cfg, paths)
-    tokenize(tiny_cfg, paths)
+    download.run(tiny_cfg, paths)
+    tokenize.run(tiny_cfg, paths)
     return paths.tokens
 
 
@@ -149,3 +151,22 @@ def save_tiny_gpt2(path: Path, *, n_positions: int = 24, seed: int = 0) -> Path:
     config = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=n_positions, vocab_size=50257)
     transformers.GPT2LMHeadModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    """A real `mlflow server` on loopback (sqlite backend) that the test can kill and start again."""
+    from .servers import MlflowServer
+
+    srv = MlflowServer(tmp_path / "server")
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, bpe_cache: Path) -> Path:
+    """The committed pipeline (dvc.yaml, src, flows, profiles) on a tiny profile in a temp git + DVC repo."""
+    from .dvcrepo import make_repo
+
+    return make_repo(tmp_path)

@@ -7,15 +7,19 @@ Logging is configured here and nowhere else in the library.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gptlab.config import Config, ConfigError, load_config
+from gptlab.pipeline.commandline import add_config_args, config_from_args, configure_logging, run_guarded
+
+if TYPE_CHECKING:
+    from gptlab.tracking.store import Store
 
 log = logging.getLogger("gptlab")
 
@@ -32,86 +36,18 @@ STAGE_HELP = {
               "→ reports/",
 }
 
-EXIT_CONFIG, EXIT_FAILED = 2, 1
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (``main`` may run inside a host that swaps it)."""
-
-    def __init__(self) -> None:
-        super().__init__(sys.stderr)
-
-    @property
-    def stream(self):  # noqa: ANN201 - logging's attribute
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # noqa: ANN001
-        pass
-
-
-def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        handlers=[_StderrHandler()],
-        force=True,
-    )
-    logging.getLogger("gptlab").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("alembic", "mlflow", "urllib3", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", type=Path,
-                        help="params file; profiles/ beside it holds the overlays (default: params.yaml)")
-    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. -S train.max_iters=100 -S profile=demo (repeatable)")
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.params, args.overrides)
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from gptlab.checkpoint import CheckpointError
-    from gptlab.data.shards import ShardError
-    from gptlab.data.sources import SourceError
-    from gptlab.data.tokenizer import TokenizerUnavailable
-
-    errors: list[type[BaseException]] = [CheckpointError, ShardError, SourceError, TokenizerUnavailable,
-                                         FileNotFoundError, ValueError, RuntimeError]
-    if "gptlab.tracking" in sys.modules:
-        errors.insert(0, sys.modules["gptlab.tracking"].TrackingError)
-    return tuple(errors)
-
-
-def run_guarded(fn: Callable[[], Any]) -> int:
-    """Run ``fn``; a user-fixable error becomes one message on stderr and a non-zero exit code."""
-    try:
-        result = fn()
-    except ConfigError as e:
-        print(f"gptlab: {e}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
-        print("gptlab: interrupted", file=sys.stderr)
-        return 130
-    except _known_errors() as e:
-        if os.environ.get("GPTLAB_TRACEBACK"):
-            raise
-        print(f"gptlab: {type(e).__name__}: {e}\n(set GPTLAB_TRACEBACK=1 for the traceback)", file=sys.stderr)
-        return EXIT_FAILED
-    if result is not None:
-        print(json.dumps(result, indent=2, default=str))
-    return 0
-
-
 def _stage(name: str, args: argparse.Namespace) -> Any:
-    from gptlab.stages import STAGES, Paths
+    from gptlab.pipeline.paths import Paths
 
     cfg = config_from_args(args)
-    return STAGES[name](cfg, Paths(args.params.parent))
+    stage = importlib.import_module(f"gptlab.pipeline.stages.{name}")  # only the stage asked for is imported
+    return stage.run(cfg, Paths(args.params.parent))
+
+
+def _store(args: argparse.Namespace) -> Store:
+    from gptlab.tracking.store import Store
+
+    return Store.at(args.params.parent)
 
 
 def _show_config(args: argparse.Namespace) -> None:
@@ -122,15 +58,16 @@ def _show_config(args: argparse.Namespace) -> None:
 
 
 def _promote(args: argparse.Namespace) -> dict[str, Any]:
-    from gptlab import tracking
+    from gptlab.pipeline.promotion import promote
+    from gptlab.tracking.store import TrackingError
 
     cfg = config_from_args(args)
-    promotion = tracking.promote(
-        cfg.tracking.registered_model, alias=args.alias, version=args.version, source_alias=args.from_alias,
-        margin=cfg.tracking.promote_margin, force=args.force, root=args.params.parent,
+    promotion = promote(
+        _store(args), cfg.tracking.registered_model, alias=args.alias, version=args.version,
+        source_alias=args.from_alias, margin=cfg.tracking.promote_margin, force=args.force,
     )
     if promotion.outcome == "rejected":
-        raise tracking.TrackingError(
+        raise TrackingError(
             f"{promotion.model} version {promotion.version} not promoted to {promotion.alias} "
             f"(stays at version {promotion.previous}): {promotion.reason}. Recorded as version tags "
             f"promotion.{promotion.alias}.*; `--force` promotes anyway"
@@ -139,20 +76,20 @@ def _promote(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _models(args: argparse.Namespace) -> list[dict[str, Any]] | None:
-    from gptlab import tracking
+    from gptlab.tracking.registry import list_models
 
     cfg = config_from_args(args)
-    rows = tracking.list_models(cfg.tracking.registered_model, root=args.params.parent)
+    store = _store(args)
+    rows = list_models(store, cfg.tracking.registered_model)
     if args.json:
         return rows
     if not rows:
-        print(f"no versions of {cfg.tracking.registered_model} in {tracking.tracking_uri(args.params.parent)}: "
-              "run the pipeline (`dvc repro`) first")
+        print(f"no versions of {cfg.tracking.registered_model} in {store.uri}: run the pipeline (`dvc repro`) first")
         return None
     from tabulate import tabulate
 
     short = [{**r, "run_id": r["run_id"][:8], "val_sha256": r["val_sha256"][:12]} for r in rows]
-    print(f"{cfg.tracking.registered_model} in {tracking.tracking_uri(args.params.parent)}")
+    print(f"{cfg.tracking.registered_model} in {store.uri}")
     print(tabulate(short, headers="keys", tablefmt="github", floatfmt=".4g", missingval="-"))
     return None
 
@@ -165,12 +102,12 @@ def _exec(cmd: list[str]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gptlab import tracking
+    from gptlab.tracking.registry import serve_command
 
     cfg = config_from_args(args)
-    root = args.params.parent
-    cmd = tracking.serve_command(cfg.tracking.registered_model, args.alias, root=root, host=args.host, port=args.port)
-    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(root)
+    store = _store(args)
+    cmd = serve_command(store, cfg.tracking.registered_model, args.alias, host=args.host, port=args.port)
+    os.environ["MLFLOW_TRACKING_URI"] = store.uri
     print(f"serving models:/{cfg.tracking.registered_model}@{args.alias} on http://{args.host}:{args.port}/invocations"
           f"  ({' '.join(cmd)})", file=sys.stderr)
     _exec(cmd)
@@ -178,29 +115,30 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _rescore(args: argparse.Namespace) -> dict[str, Any]:
-    from gptlab.registry import rescore
-    from gptlab.stages import Paths
+    from gptlab.pipeline.paths import Paths
+    from gptlab.pipeline.promotion import rescore
 
     alias = None if args.version else args.alias
     return rescore(config_from_args(args), Paths(args.params.parent), alias=alias, version=args.version)
 
 
 def _sync(args: argparse.Namespace) -> dict[str, Any]:
-    from gptlab import tracking
+    from gptlab.tracking.tracker import sync
 
     config_from_args(args)
-    results = tracking.sync(args.params.parent)
+    results = sync(args.params.parent)
     return {"runs": results} if results else {"runs": [], "note": "nothing was waiting in .gptlab/outbox/"}
 
 
-def _register(args: argparse.Namespace) -> dict[str, str]:
-    from gptlab.stages import Paths, register_checkpoint
+def _register(args: argparse.Namespace) -> dict[str, Any]:
+    from gptlab.pipeline.paths import Paths
+    from gptlab.pipeline.stages.train import register_final
 
-    return register_checkpoint(config_from_args(args), Paths(args.params.parent))
+    return register_final(config_from_args(args), Paths(args.params.parent))
 
 
 def _reproduce(args: argparse.Namespace) -> dict[str, Any]:
-    from gptlab.reproduce import ReproduceError, reproduce
+    from gptlab.pipeline.reproduce import ReproduceError, reproduce
 
     config_from_args(args)  # the -S overrides, against this project's params, before any work
     result = reproduce(args.run_id, root=args.params.parent, overrides=args.overrides, tolerance=args.tolerance,
@@ -215,10 +153,10 @@ def _reproduce(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from gptlab import tracking
+    from gptlab.tracking.registry import ui_command
 
     config_from_args(args)  # -S is accepted here too: a bad one fails like everywhere else
-    cmd = tracking.ui_command(args.params.parent, host=args.host, port=args.port)
+    cmd = ui_command(_store(args), host=args.host, port=args.port)
     print(f"MLflow UI on http://{args.host}:{args.port}  ({' '.join(cmd)})", file=sys.stderr)
     _exec(cmd)
     return 0  # not reached
@@ -233,8 +171,8 @@ def _seed_tokenizer(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _export_hf(args: argparse.Namespace) -> dict[str, str]:
-    from gptlab.checkpoint import load_model
-    from gptlab.hf import export_hf
+    from gptlab.core.checkpoint import load_model
+    from gptlab.hf.weights import export_hf
 
     model, ckpt = load_model(args.checkpoint)
     out = export_hf(model, args.out)

@@ -25,10 +25,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gptlab.config import DataConfig
 from gptlab.data import sources
 from gptlab.data.sources import Bad, Source, SourceError
+from gptlab.errors import MissingInputError
 from gptlab.fileio import read_json, replace_dir, sha256_file, write_json
+from gptlab.settings import DataConfig
 
 log = logging.getLogger(__name__)
 
@@ -206,14 +207,14 @@ def read_manifest(raw_dir: str | Path) -> dict[str, Any]:
     """The manifest of a complete download, checked against the files beside it."""
     raw_dir = Path(raw_dir)
     if not (raw_dir / "manifest.json").is_file():
-        raise FileNotFoundError(f"{raw_dir} holds no complete download: {FIX}")
+        raise MissingInputError(f"{raw_dir} holds no complete download: {FIX}")
     manifest = read_json(raw_dir / "manifest.json")
     if manifest.get("format") != FORMAT:
         raise SourceError(f"{raw_dir} was written by an older gptlab (manifest format "
                           f"{manifest.get('format', 1)}, expected {FORMAT}): {FIX}")
     missing = [f["name"] for f in manifest["files"] if not (raw_dir / f["name"]).is_file()]
     if missing:
-        raise FileNotFoundError(f"{raw_dir}/{missing[0]} is missing ({len(missing)} of {len(manifest['files'])} "
+        raise MissingInputError(f"{raw_dir}/{missing[0]} is missing ({len(missing)} of {len(manifest['files'])} "
                                 f"files): {FIX}")
     return manifest
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from gptlab.data.shards import DTYPE, FIX, HEADER_BYTES, ShardError, read_header, read_shard, verify_shard
+from gptlab.errors import DataError
 from gptlab.fileio import read_json
 
 
@@ -104,7 +105,7 @@ class RandomWindows:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "lengths" in state and list(state["lengths"]) != self.lengths.tolist():
-            raise ValueError(
+            raise DataError(
                 "the training shards differ from the ones this loader state was saved with "
                 f"({len(state['lengths'])} shards / {sum(state['lengths'])} tokens then, {len(self.lengths)} / "
                 f"{int(self.lengths.sum())} now): resume with the same data/tokens (`dvc checkout`), or start fresh"

@@ -13,6 +13,8 @@ from types import TracebackType
 
 import numpy as np
 
+from gptlab.errors import DataError
+
 MAGIC = b"GPTLABTK"
 VERSION = 1
 HEADER_BYTES = 256
@@ -21,7 +23,7 @@ _HEADER = struct.Struct("<8sIIQ")  # magic, version, bytes per token, token coun
 FIX = "re-run `gptlab tokenize` (or `dvc repro tokenize`, or `dvc pull` to restore it)"
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A token file that is missing, truncated, foreign or corrupt; the message names the file and the fix."""
 
 
@@ -51,7 +53,7 @@ class ShardWriter:
         tokens = np.asarray(tokens)
         if tokens.dtype != DTYPE and tokens.size and (int(tokens.max()) >= 1 << 16 or int(tokens.min()) < 0):
             bad = int(tokens.max()) if int(tokens.max()) >= 1 << 16 else int(tokens.min())
-            raise ValueError(f"token id {bad} does not fit uint16; the tokenizer has too many ids")
+            raise DataError(f"token id {bad} does not fit uint16; the tokenizer has too many ids")
         data = memoryview(np.ascontiguousarray(tokens, dtype=DTYPE)).cast("B")
         self._file.write(data)
         self._hash.update(data)

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gptlab.errors import DataError, MissingInputError
+
 log = logging.getLogger(__name__)
 
 BATCH = 10_000  # records per batch: large enough to amortise Python overhead, small in memory
@@ -32,7 +34,7 @@ SUFFIXES = (".txt", ".jsonl", ".parquet")
 _TRAIN_FILE = re.compile(r"(^|[/_.-])train([/_.-]|$)")
 
 
-class SourceError(ValueError):
+class SourceError(DataError):
     """A source that cannot be read, with the file (and row) at fault and the fix."""
 
 
@@ -144,7 +146,7 @@ def hub_files(repo: str, revision: str, names: list[str], *, num_proc: int, fetc
                                             max_workers=num_proc))
             missing = [n for n in names if not (folder / n).is_file()]
             if missing:
-                raise FileNotFoundError(f"{len(missing)} file(s) missing from the snapshot, first {missing[0]}")
+                raise MissingInputError(f"{len(missing)} file(s) missing from the snapshot, first {missing[0]}")
             yield from (folder / n for n in names)
         else:
             for name in names:

@@ -35,11 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from gptlab.config import TokenizeConfig
 from gptlab.data.download import iter_raw_batches, read_manifest
 from gptlab.data.shards import DTYPE, ShardError, ShardWriter, read_shard, verify_shard
 from gptlab.data.tokenizer import EOT, get_encoding
+from gptlab.errors import DataError
 from gptlab.fileio import read_json, replace_dir, write_json
+from gptlab.settings import TokenizeConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def split_permutation(n_docs: int, val_fraction: float, seed: int) -> tuple[np.n
     """
     n_val = math.ceil(val_fraction * n_docs)
     if n_val < 1 or n_val >= n_docs:
-        raise ValueError(
+        raise DataError(
             f"tokenize.val_fraction={val_fraction} of {n_docs} documents leaves {n_val} for validation and "
             f"{n_docs - n_val} for training; both need at least one: change tokenize.val_fraction or add documents"
         )
@@ -339,7 +340,7 @@ def tokenize(cfg: TokenizeConfig, raw_dir: str | Path = "data/raw", out_dir: str
     manifest = read_manifest(raw_dir)
     enc = get_encoding(cfg.tokenizer)
     if enc.n_vocab > 1 << 16:
-        raise ValueError(f"tokenizer {cfg.tokenizer!r} has {enc.n_vocab} ids; token files hold uint16 (< 65536)")
+        raise DataError(f"tokenizer {cfg.tokenizer!r} has {enc.n_vocab} ids; token files hold uint16 (< 65536)")
     n_rows, n_docs = int(manifest["rows"]), int(manifest["documents"])
     val_ids, _ = split_permutation(n_rows, cfg.val_fraction, cfg.split_seed)
     is_val = np.zeros(n_rows, dtype=bool)
@@ -370,7 +371,7 @@ def tokenize(cfg: TokenizeConfig, raw_dir: str | Path = "data/raw", out_dir: str
             while pending:
                 consume_one()
         if doc != n_docs:
-            raise ValueError(f"{raw_dir} holds {doc} documents but its manifest says {n_docs}: re-run `gptlab download`")
+            raise DataError(f"{raw_dir} holds {doc} documents but its manifest says {n_docs}: re-run `gptlab download`")
         writer.close(n_docs)
     except BaseException:
         writer.abort()
@@ -379,7 +380,7 @@ def tokenize(cfg: TokenizeConfig, raw_dir: str | Path = "data/raw", out_dir: str
     out = work / "out"
     val_shards, val_docs, val_sha256 = _write_val(work, out, val_ids, cfg.shard_tokens)
     if state["train_docs"] == 0 or val_docs == 0:
-        raise ValueError(f"{raw_dir}: {state['train_docs']} training and {val_docs} validation documents; both "
+        raise DataError(f"{raw_dir}: {state['train_docs']} training and {val_docs} validation documents; both "
                          "splits need at least one: change tokenize.val_fraction or add documents")
     np.save(out / "unigram_counts.npy", counts)
     np.save(out / "val_doc_ids.npy", val_ids.astype("<i8"))

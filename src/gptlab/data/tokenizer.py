@@ -19,13 +19,15 @@ from pathlib import Path
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str
 
+from gptlab.errors import DataError, GptlabError, MissingInputError
+
 R50K_URL = "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken"
 R50K_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 EOT = 50256
 _TIKTOKEN_NAMES = {"gpt2": "r50k_base"}
 
 
-class TokenizerUnavailable(RuntimeError):
+class TokenizerUnavailable(GptlabError, RuntimeError):
     """The BPE files can be neither read from the cache nor downloaded."""
 
 
@@ -40,7 +42,7 @@ def cache_dir() -> Path:
 def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
     """The tokenizer named in ``tokenize.tokenizer``."""
     if name not in _TIKTOKEN_NAMES:
-        raise ValueError(f"tokenizer {name!r} is not supported; use one of {sorted(_TIKTOKEN_NAMES)}")
+        raise DataError(f"tokenizer {name!r} is not supported; use one of {sorted(_TIKTOKEN_NAMES)}")
     try:
         return tiktoken.get_encoding(_TIKTOKEN_NAMES[name])
     except Exception as e:  # tiktoken raises requests/urllib/blobfile errors when offline
@@ -62,7 +64,7 @@ def encoding_from_file(path: str | Path) -> tiktoken.Encoding:
     """Build the GPT-2 encoding from a ranks file (used by logged models, which carry their own copy)."""
     data = Path(path).read_bytes()
     if hashlib.sha256(data).hexdigest() != R50K_SHA256:
-        raise ValueError(f"{path} is not GPT-2's BPE ranks file (sha256 mismatch); re-log the model")
+        raise DataError(f"{path} is not GPT-2's BPE ranks file (sha256 mismatch); re-log the model")
     # The .tiktoken format: one "base64(token) rank" pair per line (as tiktoken.load reads it).
     ranks = {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in data.splitlines() if line)}
     return tiktoken.Encoding(
@@ -82,7 +84,7 @@ def _read_ranks(source: Path) -> bytes:
                     handle = tar.extractfile(member)
                     if handle is not None:
                         return handle.read()
-        raise ValueError(f"{source} holds no gpt2.tiktoken; expected the openai-whisper sdist (20250625)")
+        raise DataError(f"{source} holds no gpt2.tiktoken; expected the openai-whisper sdist (20250625)")
     return source.read_bytes()
 
 
@@ -90,11 +92,11 @@ def seed_cache(source: str | Path) -> Path:
     """Copy GPT-2's BPE ranks (a ``.tiktoken`` file, or an sdist that contains one) into tiktoken's cache."""
     source = Path(source)
     if not source.is_file():
-        raise FileNotFoundError(f"{source} does not exist")
+        raise MissingInputError(f"{source} does not exist")
     data = _read_ranks(source)
     digest = hashlib.sha256(data).hexdigest()
     if digest != R50K_SHA256:
-        raise ValueError(f"{source}: sha256 {digest} is not GPT-2's BPE ({R50K_SHA256}); nothing was written")
+        raise DataError(f"{source}: sha256 {digest} is not GPT-2's BPE ({R50K_SHA256}); nothing was written")
     target = cache_dir() / hashlib.sha1(R50K_URL.encode()).hexdigest()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")

@@ -1,0 +1,102 @@
+"""Perplexity over the whole validation split, in deterministic non-overlapping windows, plus the unigram floor.
+
+Every model is scored by this code: ours, and the GPT-2 baselines after :mod:`gptlab.hf` loads them into our
+GPT. The forward runs under ``torch.inference_mode`` (no autograd bookkeeping), in batches larger than training's,
+with bf16 autocast where supported, and without a host sync per batch; ``benchmarks/bench_eval.py`` measures it
+against a training step.
+
+The unigram floor is the perplexity of a model that ignores context: token frequencies of the train split
+(add-one smoothed) scored on exactly the tokens the language model is scored on. A model that does not beat
+it has learned nothing about context.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gptlab.core.hardware import autocast
+from gptlab.core.model import GPT
+from gptlab.data.loader import sequential_windows, to_device
+from gptlab.errors import DataError
+
+UPCAST_BYTES = 1 << 30  # float32 logits upcast at once when scoring: rows × T × V × 4 bytes stays under 1 GiB
+
+
+@dataclass(frozen=True)
+class Perplexity:
+    loss: float
+    """Mean cross-entropy in nats per token."""
+    ppl: float
+    tokens: int
+    """Tokens scored."""
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, greedy: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T, V) logits, (B, T) targets → (B, T) float32 log-probabilities of the targets and, with ``greedy``,
+    (B, T) bool: the target is the most likely token.
+
+    Upcasts a few rows at a time, so a bf16 batch of 50K-way logits is never copied to float32 whole.
+    """
+    B, T, V = logits.shape
+    rows = max(1, UPCAST_BYTES // (T * V * 4))
+    logp = torch.empty((B, T), dtype=torch.float32, device=logits.device)
+    hits = torch.empty((B, T), dtype=torch.bool, device=logits.device) if greedy else None
+    for i in range(0, B, rows):
+        chunk = logits[i : i + rows].float()  # (b, T, V)
+        target = targets[i : i + rows]  # (b, T)
+        logp[i : i + rows] = -F.cross_entropy(chunk.transpose(1, 2), target, reduction="none")
+        if hits is not None:
+            hits[i : i + rows] = chunk.argmax(dim=-1) == target
+    return logp, hits
+
+
+@torch.inference_mode()
+def perplexity(
+    model: GPT,
+    tokens: np.ndarray,
+    *,
+    context: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    max_tokens: int | None = None,
+) -> Perplexity:
+    """Score every token of ``tokens`` after the first, each exactly once, with windows of ``context``."""
+    if context > model.config.block_size:
+        raise ValueError(f"context {context} exceeds the model's block_size {model.config.block_size}")
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per batch
+    count = 0
+    start = time.perf_counter()
+    with autocast(device, dtype):
+        for x, y in sequential_windows(tokens, block_size=context, batch_size=batch_size, max_tokens=max_tokens):
+            yt = to_device(y, device)
+            logp, _ = target_logprobs(model(to_device(x, device)).logits, yt)
+            total -= logp.sum(dtype=torch.float64)
+            count += yt.numel()
+    model.train(was_training)
+    if count == 0:
+        raise DataError("no tokens to score: the validation split needs at least 2 tokens")
+    mean = total.item() / count
+    return Perplexity(loss=mean, ppl=math.exp(mean), tokens=count, seconds=time.perf_counter() - start)
+
+
+def unigram_floor(counts: np.ndarray, tokens: np.ndarray, *, max_tokens: int | None = None) -> Perplexity:
+    """Perplexity of add-one-smoothed train-split unigram frequencies on the tokens :func:`perplexity` scores."""
+    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    targets = np.asarray(tokens[1:n], dtype=np.int64)
+    log_probs = np.log(counts.astype(np.float64) + 1.0) - math.log(counts.sum() + len(counts))
+    mean = float(-log_probs[targets].mean())
+    return Perplexity(loss=mean, ppl=math.exp(mean), tokens=len(targets))

@@ -1,0 +1,152 @@
+"""One measurement for every model: the same downstream data, the same code, the same record format.
+
+Our model (evaluate stage) and each GPT-2 baseline (baselines stage) go through :func:`measure_tasks`, and
+their results share one shape: ``{"measured": true, ...numbers}`` or ``{"measured": false, "reason": why}``,
+so the report can show every cell it could not fill as "not measured: why", never as a silent gap.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptlab.core.downstream import Encode, lambada, wikitext
+from gptlab.core.evaluate import perplexity, unigram_floor
+from gptlab.core.hardware import resolve_device, resolve_dtype
+from gptlab.core.model import GPT
+from gptlab.data.loader import TokenSet, val_tokens
+from gptlab.hf.tasks import TaskDataUnavailable, load_texts
+from gptlab.settings import EvalConfig
+
+log = logging.getLogger(__name__)
+
+# (task, config key, field holding the text in the task's file)
+TASKS = (("lambada", "lambada", "text"), ("wikitext", "wikitext", "page"))
+
+
+def measured(values: dict[str, Any]) -> dict[str, Any]:
+    return {"measured": True, **values}
+
+
+def not_measured(reason: str) -> dict[str, Any]:
+    return {"measured": False, "reason": reason}
+
+
+@dataclass
+class Tasks:
+    """The downstream tasks' texts, or why a task cannot be measured here."""
+
+    texts: dict[str, list[str]] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    provenance: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+def load_tasks(e: EvalConfig) -> Tasks:
+    """Read ``eval.lambada`` and ``eval.wikitext`` once; offline or ``none`` makes a task not measured."""
+    tasks = Tasks()
+    for task, key, text_field in TASKS:
+        try:
+            tasks.texts[task], tasks.provenance[task] = load_texts(getattr(e, key), text_field, setting=f"eval.{key}")
+        except TaskDataUnavailable as exc:
+            tasks.unavailable[task] = str(exc)
+            tasks.provenance[task] = {"source": getattr(e, key)}
+    return tasks
+
+
+def eval_device(e: EvalConfig) -> tuple[torch.device, torch.dtype]:
+    """Where and in which precision the evaluate and baselines stages score (``eval.device``, ``eval.dtype``)."""
+    device = resolve_device(e.device)
+    return device, resolve_dtype(e.dtype, device)
+
+
+def score_val(model: GPT, tokens: TokenSet, *, batch_size: int, device: torch.device,
+              dtype: torch.dtype) -> dict[str, Any]:
+    """Loss and perplexity of ``model`` over the whole val split of ``tokens`` at its own context, and the
+    unigram floor on the same tokens: what the evaluate stage reports and the promotion gate compares."""
+    val = val_tokens(tokens)
+    context = model.config.block_size
+    ours = perplexity(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype)
+    floor = unigram_floor(tokens.unigram_counts(), val)
+    return {
+        "context": context,
+        "val_sha256": tokens.meta["val_sha256"],
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "model": ours.to_dict(),
+        "unigram": floor.to_dict(),
+        "beats_unigram": ours.ppl < floor.ppl,
+    }
+
+
+def val_tags(result: dict[str, Any]) -> dict[str, str]:
+    """The tags a registered version carries of its evaluation: the promotion gate reads them."""
+    return {"val_ppl": f"{result['model']['ppl']:.6g}", "val_loss": f"{result['model']['loss']:.6g}",
+            "val_sha256": result["val_sha256"], "context": str(result["context"])}
+
+
+def measure_tasks(
+    model: GPT, tasks: Tasks, *, context: int, encode: Encode, batch_size: int, device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, dict[str, Any]]:
+    """LAMBADA and WikiText of ``model`` at ``context``: ``{"lambada": {...}, "wikitext": {...}}``."""
+    scorers = {"lambada": lambada, "wikitext": wikitext}
+    out = {}
+    for task, _key, _field in TASKS:
+        if task in tasks.unavailable:
+            out[task] = not_measured(tasks.unavailable[task])
+            continue
+        result = scorers[task](model, tasks.texts[task], encode=encode, context=context, batch_size=batch_size,
+                               device=device, dtype=dtype)
+        out[task] = measured(result.to_dict())
+    return out
+
+
+def measure_contexts(
+    model: GPT, name: str, *, contexts: Sequence[int], val: np.ndarray, tasks: Tasks, encode: Encode,
+    batch_size: int, device: torch.device, dtype: torch.dtype,
+) -> dict[str, dict[str, Any]]:
+    """``{"512": {"val", "lambada", "wikitext"}, ...}``: the val split and the tasks at each context; a context
+    beyond the model's positions is not measured."""
+    out: dict[str, dict[str, Any]] = {}
+    positions = model.config.block_size
+    for context in contexts:
+        if context > positions:
+            reason = f"context {context} exceeds {name}'s {positions} positions"
+            out[str(context)] = {part: not_measured(reason) for part in METRICS}
+            continue
+        val_result = perplexity(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype)
+        out[str(context)] = {"val": measured(val_result.to_dict()),
+                             **measure_tasks(model, tasks, context=context, encode=encode, batch_size=batch_size,
+                                             device=device, dtype=dtype)}
+        log.info("%s @%d: val ppl %.2f", name, context, val_result.ppl)
+    return out
+
+
+# Metric names shared by every MLflow run (ours and baselines), so the UI compares them column by column.
+METRICS = {
+    "val": {"loss": "eval/val_loss", "ppl": "eval/val_ppl"},
+    "lambada": {"acc": "lambada/acc", "ppl": "lambada/ppl"},
+    "wikitext": {"word_ppl": "wikitext/word_ppl", "byte_ppl": "wikitext/byte_ppl",
+                 "bits_per_byte": "wikitext/bits_per_byte", "token_ppl": "wikitext/token_ppl"},
+}
+
+
+def context_metrics(results: dict[str, dict[str, Any]], context: int) -> dict[str, float]:
+    """``{"eval/val_ppl_ctx512": ..., "lambada/acc_ctx512": ...}`` from one context's measured results."""
+    metrics = {}
+    for part, names in METRICS.items():
+        result = results.get(part, {})
+        if result.get("measured"):
+            metrics.update({f"{name}_ctx{context}": float(result[key]) for key, name in names.items()})
+    return metrics
+
+
+def not_measured_tags(results: dict[str, Any], prefix: str = "gptlab.not_measured") -> dict[str, str]:
+    """``{"gptlab.not_measured.lambada": why, ...}`` for every task of ``results`` that was not measured."""
+    return {f"{prefix}.{task}": results[task]["reason"][:5000] for task in ("lambada", "wikitext")
+            if task in results and not results[task]["measured"]}

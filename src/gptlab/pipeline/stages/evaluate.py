@@ -1,0 +1,83 @@
+"""The evaluate stage: the trained model's loss and perplexity over the whole val split, the unigram floor,
+LAMBADA and WikiText-103 → ``metrics/eval.json``, recorded in the training's MLflow run and on its version."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from gptlab.core.checkpoint import load_model
+from gptlab.data.loader import TokenSet
+from gptlab.data.tokenizer import get_encoding
+from gptlab.fileio import read_json, write_json
+from gptlab.pipeline.commandline import stage_main
+from gptlab.pipeline.comparison import (
+    context_metrics,
+    eval_device,
+    load_tasks,
+    measure_tasks,
+    measured,
+    not_measured_tags,
+    score_val,
+    val_tags,
+)
+from gptlab.pipeline.paths import Paths
+from gptlab.settings import Config
+from gptlab.tracking.runs import recording
+from gptlab.tracking.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def score(cfg: Config, paths: Paths) -> dict[str, Any]:
+    """Loss and perplexity of the trained model over the whole val split, and the unigram floor."""
+    device, dtype = eval_device(cfg.eval)
+    model, ckpt = load_model(paths.model, device=device)
+    tokens = TokenSet.open(paths.tokens, verify=True)
+    result = score_val(model, tokens, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    return {**result, "checkpoint_step": ckpt.step}
+
+
+def score_downstream(cfg: Config, paths: Paths) -> dict[str, Any]:
+    """LAMBADA and WikiText-103 of the trained model at its own context (or why they are not measured)."""
+    device, dtype = eval_device(cfg.eval)
+    tasks = load_tasks(cfg.eval)
+    model, _ = load_model(paths.model, device=device)
+    encode = get_encoding(cfg.tokenize.tokenizer).encode_ordinary
+    results = measure_tasks(model, tasks, context=model.config.block_size, encode=encode,
+                            batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    return {**results, "tasks": tasks.provenance}
+
+
+def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
+    """``metrics/eval.json``, then the metrics in the training's run and the val tags on its version."""
+    write_json(paths.metrics / "eval.json", result)
+    downstream = {task: result[task] for task in ("lambada", "wikitext") if task in result}
+    by_context = context_metrics({"val": measured(result["model"]), **downstream}, result["context"])
+    run = read_json(paths.model / "meta.json").get("mlflow_run_id")
+    with recording(Store.at(paths.root), cfg, "evaluate", attach=run) as tracker:
+        tracker.log_metrics({
+            "eval/val_loss": result["model"]["loss"],
+            "eval/val_ppl": result["model"]["ppl"],
+            "eval/unigram_loss": result["unigram"]["loss"],
+            "eval/unigram_ppl": result["unigram"]["ppl"],
+            "eval/tokens_per_sec": result["model"]["tokens"] / max(result["model"]["seconds"], 1e-9),
+            **{name.removesuffix(f"_ctx{result['context']}"): v for name, v in by_context.items()},
+            **by_context,
+        })
+        tracker.set_tags({"gptlab.val_sha256": result["val_sha256"], **not_measured_tags(downstream)})
+        tracker.log_artifact(paths.metrics / "eval.json", artifact_path="metrics")
+        tracker.tag_versions(cfg.tracking.registered_model, val_tags(result))
+
+
+def run(cfg: Config, paths: Paths) -> dict[str, Any]:
+    result = {**score(cfg, paths), **score_downstream(cfg, paths)}
+    record(cfg, paths, result)
+    log.info("evaluate: val ppl %.2f over %d tokens (unigram floor %.2f)",
+             result["model"]["ppl"], result["model"]["tokens"], result["unigram"]["ppl"])
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(stage_main(run, __doc__))

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gptlab.core.evaluate import perplexity, unigram_floor
+from gptlab.core.model import GPT
+from gptlab.data.loader import sequential_windows, spread_windows
+
+from .test_model import SMALL
+
+
+@pytest.mark.parametrize("n, block, batch", [(100, 16, 3), (97, 16, 4), (17, 16, 2), (2, 16, 1)])
+def test_windows_score_every_token_after_the_first_exactly_once(n, block, batch):
+    tokens = np.arange(n, dtype=np.uint16)
+    targets = [t for _, y in sequential_windows(tokens, block_size=block, batch_size=batch) for t in y.ravel()]
+    assert targets == list(range(1, n))
+
+
+def test_windows_pair_inputs_with_next_token_targets():
+    tokens = np.arange(50, dtype=np.uint16)
+    for x, y in sequential_windows(tokens, block_size=8, batch_size=2):
+        np.testing.assert_array_equal(y, x + 1)
+
+
+def test_perplexity_equals_a_brute_force_token_by_token_computation():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    tokens = np.random.default_rng(0).integers(0, 50257, size=45).astype(np.uint16)
+    result = perplexity(model, tokens, context=16, batch_size=2, device=torch.device("cpu"))
+    nll = []
+    for start in range(0, 44, 16):  # each window sees only its own tokens as context
+        window = torch.from_numpy(tokens[start : start + 17].astype(np.int64))[None]
+        logp = torch.log_softmax(model(window[:, :-1]).logits[0], dim=-1)
+        nll += [-logp[i, window[0, i + 1]].item() for i in range(window.size(1) - 1)]
+    assert result.tokens == 44
+    assert result.loss == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+    assert result.ppl == pytest.approx(math.exp(result.loss))
+
+
+def test_unigram_floor_by_hand():
+    counts = np.array([3, 1, 0, 0])  # add-one smoothing: p = (c + 1) / (4 + 4) = [.5, .25, .125, .125]
+    tokens = np.array([9, 0, 1, 3])  # the first token has no prediction; scored: 0, 1, 3
+    floor = unigram_floor(counts, tokens)
+    expected = -(math.log(0.5) + math.log(0.25) + math.log(0.125)) / 3
+    assert floor.tokens == 3 and floor.loss == pytest.approx(expected)
+
+
+def test_spread_windows_are_fixed_and_cover_the_split():
+    tokens = np.arange(1000, dtype=np.uint16)
+    x, y = spread_windows(tokens, block_size=10, count=5)
+    assert x[:, 0].tolist() == [0, 247, 494, 741, 989] and (y == x + 1).all()

@@ -1,0 +1,76 @@
+"""Where LAMBADA and WikiText come from: pinned hub files (checked), local copies, and "not measured" offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gptlab.hf.tasks import KNOWN_SHA256, TaskDataUnavailable, TaskSource, fetch, load_texts, read_field
+from gptlab.pipeline.comparison import load_tasks
+from gptlab.settings import replace
+
+from ..conftest import LAMBADA_TEXTS, WIKITEXT_PAGES, write_task_files
+
+PINNED = "hf:EleutherAI/lambada_openai@879e19a2c9bb7ef03f9cf962089cf7d008f91e27/data/lambada_test.jsonl"
+
+
+def test_sources_parse_and_print_back():
+    source = TaskSource.parse(PINNED)
+    assert (source.repo, source.revision, source.path) == (
+        "EleutherAI/lambada_openai", "879e19a2c9bb7ef03f9cf962089cf7d008f91e27", "data/lambada_test.jsonl")
+    assert str(source) == PINNED
+    assert TaskSource.parse("local:/x/y.jsonl").path == "/x/y.jsonl" and str(TaskSource.parse("none")) == "none"
+    with pytest.raises(ValueError, match="not hf:OWNER/NAME@REVISION/FILE"):
+        TaskSource.parse("hf:EleutherAI/lambada_openai/data.jsonl")
+
+
+def test_the_seed_pins_the_files_whose_checksums_gptlab_knows(tiny_cfg):
+    for key in ("lambada", "wikitext"):
+        source = TaskSource.parse(getattr(tiny_cfg.eval, key))
+        assert (source.repo, source.revision, source.path) in KNOWN_SHA256
+
+
+def test_local_copies_read_in_file_order(tmp_path: Path):
+    lambada, wikitext = write_task_files(tmp_path)
+    assert load_texts(f"local:{lambada}", "text", setting="eval.lambada")[0] == LAMBADA_TEXTS
+    rows, provenance = load_texts(f"local:{wikitext}", "page", setting="eval.wikitext")
+    assert rows == WIKITEXT_PAGES and provenance["source"] == f"local:{wikitext}" and len(provenance["sha256"]) == 64
+
+
+def test_a_file_without_the_field_names_file_line_and_field(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"passage": "no"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 2 \(`eval.lambada`\): no string 'text' key"):
+        read_field(bad, "text", setting="eval.lambada")
+    with pytest.raises(FileNotFoundError, match="`eval.lambada` is local:/nope.jsonl, which is not a file"):
+        fetch(TaskSource.parse("local:/nope.jsonl"), setting="eval.lambada")
+
+
+def test_offline_a_hub_file_is_not_measured_and_the_fix_is_named():
+    with pytest.raises(TaskDataUnavailable, match=r"HF_HUB_OFFLINE=1.*`eval.lambada: local:PATH`"):
+        fetch(TaskSource.parse(PINNED), setting="eval.lambada")
+
+
+def test_a_cached_file_that_is_not_the_pinned_one_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from huggingface_hub import constants
+
+    source = TaskSource.parse(PINNED)
+    snapshot = Path(constants.HF_HUB_CACHE) / "datasets--EleutherAI--lambada_openai" / "snapshots" / source.revision
+    (snapshot / "data").mkdir(parents=True)
+    (snapshot / "data" / "lambada_test.jsonl").write_text(json.dumps({"text": "not the real file"}) + "\n")
+    try:
+        with pytest.raises(ValueError, match="the pinned file has 4aa8d02cd17c…: delete it from the Hugging Face cache"):
+            fetch(source, setting="eval.lambada")
+    finally:
+        import shutil
+
+        shutil.rmtree(snapshot.parents[1])
+
+
+def test_unavailable_and_disabled_tasks_are_reported_with_the_reason(tiny_cfg, tmp_path: Path):
+    lambada, _ = write_task_files(tmp_path)
+    tasks = load_tasks(replace(tiny_cfg, eval={"lambada": f"local:{lambada}", "wikitext": "none"}).eval)
+    assert tasks.texts["lambada"] == LAMBADA_TEXTS
+    assert tasks.unavailable == {"wikitext": "`eval.wikitext` is none"}
