@@ -44,7 +44,8 @@ def configure_logging(verbose: bool = False) -> None:
         handlers=[_StderrHandler()],
         force=True,
     )
-    logging.getLogger("gptlab").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for name in ("gptlab", "__main__"):  # a stage run as `python -m gptlab.pipeline.stages.X` logs as __main__
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("alembic", "mlflow", "urllib3", "httpx", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
