@@ -1,4 +1,4 @@
-"""Small file helpers shared by the stages: atomic writes, hashes, JSON."""
+"""Small file helpers shared by the stages: atomic writes, hashes, JSON, and where lasting state lives."""
 
 from __future__ import annotations
 
@@ -86,3 +86,18 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def state_root(root: str | Path) -> Path:
+    """The project whose state outlives an experiment: the tracking store, its outbox, resumable checkpoints.
+
+    A queued ``dvc exp run`` (``dvc queue start``) runs each experiment in a temporary copy of the repository
+    under ``.dvc/tmp/exps/``, deleted when the experiment ends, and names the real repository in ``DVC_ROOT``.
+    State kept in the copy would be lost with it (a run's MLflow records, a killed run's checkpoints), so it
+    lives in the repository DVC_ROOT names. Everywhere else it is ``root`` itself.
+    """
+    root = Path(root)
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root and root.resolve().is_relative_to((Path(dvc_root) / ".dvc" / "tmp").resolve()):
+        return Path(dvc_root)
+    return root

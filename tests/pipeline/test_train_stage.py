@@ -42,3 +42,21 @@ def test_init_from_a_registered_model_version_fine_tunes_it(tiny_cfg, tokens_dir
     first = client.get_metric_history(runs[0].info.run_id, "train/loss")[0]
     assert first.step == 1 and first.value == pytest.approx(_first_step_loss(registered, cfg, tokens_dir), abs=1e-5)
     assert runs[0].data.params["train.init"] == "models:/gptlab@candidate"
+
+
+def test_a_queued_experiment_keeps_its_state_in_the_repository_it_came_from(tmp_path, monkeypatch):
+    """`dvc queue start` runs an experiment in a temp copy (.dvc/tmp/exps/…) that is deleted afterwards."""
+    from gptlab.fileio import state_root
+
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc" / "tmp" / "exps" / "tmpabc"
+    copy.mkdir(parents=True)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    assert state_root(copy) == repo and state_root(repo) == repo
+    assert Store.at(copy).uri == Store.embedded_uri(repo) and Store.at(copy).outbox == repo / ".gptlab" / "outbox"
+    assert Paths(copy).checkpoints == repo / "models" / "checkpoints"
+    assert Paths(copy).model == copy / "models" / "final"  # DVC outs stay in the experiment's workspace
+    elsewhere = tmp_path / "other"
+    assert state_root(elsewhere) == elsewhere  # not under DVC_ROOT's temp dir: itself
+    monkeypatch.delenv("DVC_ROOT")
+    assert state_root(copy) == copy

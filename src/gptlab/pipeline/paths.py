@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptlab.fileio import state_root
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -24,8 +26,10 @@ class Paths:
 
     @property
     def checkpoints(self) -> Path:
-        """Resumable checkpoints, one folder per run (gptlab.core.train.run_key); git-ignored, not a DVC out."""
-        return self.root / "models" / "checkpoints"
+        """Resumable checkpoints, one folder per run (gptlab.core.train.run_key); git-ignored, not a DVC out.
+        In the repository a queued experiment came from (see :func:`gptlab.fileio.state_root`), so a killed
+        queued run resumes from them when it is queued again."""
+        return state_root(self.root) / "models" / "checkpoints"
 
     @property
     def metrics(self) -> Path:

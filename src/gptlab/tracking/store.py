@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gptlab.errors import GptlabError
+from gptlab.fileio import state_root
 
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
@@ -55,8 +56,12 @@ class Store:
 
     @classmethod
     def at(cls, root: str | Path = ".", uri: str | None = None) -> Store:
-        """The store of the project at ``root``: ``uri``, else ``MLFLOW_TRACKING_URI``, else the embedded one."""
-        root = Path(root)
+        """The store of the project at ``root``: ``uri``, else ``MLFLOW_TRACKING_URI``, else the embedded one.
+
+        In a queued DVC experiment's temporary workspace, the project is the repository it was queued from
+        (:func:`gptlab.fileio.state_root`): its runs and outbox outlive the workspace.
+        """
+        root = state_root(root)
         return cls(root, uri or os.environ.get("MLFLOW_TRACKING_URI") or cls.embedded_uri(root))
 
     @staticmethod
