@@ -7,6 +7,7 @@ Logging is configured here and nowhere else in the library.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -102,12 +103,14 @@ def _exec(cmd: list[str]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gptlab.tracking.pyfunc import LIMITS_ENV
     from gptlab.tracking.registry import serve_command
 
     cfg = config_from_args(args)
     store = _store(args)
     cmd = serve_command(store, cfg.tracking.registered_model, args.alias, host=args.host, port=args.port)
     os.environ["MLFLOW_TRACKING_URI"] = store.uri
+    os.environ[LIMITS_ENV] = json.dumps(dataclasses.asdict(cfg.serve))  # the served model refuses beyond these
     print(f"serving models:/{cfg.tracking.registered_model}@{args.alias} on http://{args.host}:{args.port}/invocations"
           f"  ({' '.join(cmd)})", file=sys.stderr)
     _exec(cmd)
@@ -218,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_models)
-    p = sub.add_parser("serve", help="serve models:/gptlab@champion over HTTP (mlflow models serve, loopback)")
+    p = sub.add_parser("serve", help="serve models:/gptlab@champion over HTTP (mlflow models serve, loopback)",
+                       description="Serve models:/NAME@ALIAS with `mlflow models serve` on loopback. A request's "
+                       "params (max_new_tokens, temperature, top_k, top_p, seed) follow the generate section's "
+                       "rules; max_new_tokens, prompt tokens and prompts per request are capped by serve.*; "
+                       "anything else is refused with HTTP 400 naming the param, its value and the allowed range.")
     add_config_args(p)
     p.add_argument("--alias", default="champion", help="alias to serve (default: champion)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
