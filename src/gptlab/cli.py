@@ -17,7 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptlab.pipeline.commandline import add_config_args, config_from_args, configure_logging, run_guarded
+from gptlab.pipeline.commandline import (
+    add_config_args,
+    config_from_args,
+    configure_logging,
+    prepare_environment,
+    run_guarded,
+)
 
 if TYPE_CHECKING:
     from gptlab.tracking.store import Store
@@ -166,8 +172,10 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _seed_tokenizer(args: argparse.Namespace) -> dict[str, str]:
-    from gptlab.data.tokenizer import get_encoding, seed_cache
+    from gptlab.data.tokenizer import PROJECT_CACHE, get_encoding, seed_cache
 
+    if not any(os.environ.get(var) for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")):
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(Path.cwd() / PROJECT_CACHE)  # where every entry point looks
     target = seed_cache(args.source)
     ids = get_encoding("gpt2").encode_ordinary("Hello world")
     return {"cache_file": str(target), "check": f"'Hello world' -> {ids}"}
@@ -259,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptlab checkpoint directory (default: models/final)")
     p.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
     p.set_defaults(func=_export_hf)
-    p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines)")
+    p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines): "
+                       "TIKTOKEN_CACHE_DIR, else .cache/tiktoken here, where every gptlab entry point looks")
     p.add_argument("source", type=Path, help="a gpt2.tiktoken / r50k_base.tiktoken file, or the openai-whisper sdist")
     p.set_defaults(func=_seed_tokenizer)
     return parser
@@ -267,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prepare_environment(getattr(args, "params", Path("params.yaml")).parent)
     configure_logging(args.verbose)
     return run_guarded(lambda: args.func(args))
 
