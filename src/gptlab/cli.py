@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptlab.pipeline.commandline import (
+    BPE_CACHE,
     add_config_args,
     config_from_args,
     configure_logging,
@@ -172,10 +173,10 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _seed_tokenizer(args: argparse.Namespace) -> dict[str, str]:
-    from gptlab.data.tokenizer import PROJECT_CACHE, get_encoding, seed_cache
+    from gptlab.data.tokenizer import get_encoding, seed_cache
 
     if not any(os.environ.get(var) for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")):
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(Path.cwd() / PROJECT_CACHE)  # where every entry point looks
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(Path.cwd() / BPE_CACHE)  # where every entry point looks
     target = seed_cache(args.source)
     ids = get_encoding("gpt2").encode_ordinary("Hello world")
     return {"cache_file": str(target), "check": f"'Hello world' -> {ids}"}

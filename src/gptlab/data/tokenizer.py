@@ -31,25 +31,6 @@ class TokenizerUnavailable(GptlabError, RuntimeError):
     """The BPE files can be neither read from the cache nor downloaded."""
 
 
-PROJECT_CACHE = Path(".cache") / "tiktoken"  # where `make tokenizer` seeds it, under the project
-_CACHE_FILE = hashlib.sha1(R50K_URL.encode()).hexdigest()  # tiktoken names a cached file by its URL's sha1
-
-
-def use_project_cache(*roots: str | Path) -> Path | None:
-    """Point tiktoken at the first ``ROOT/.cache/tiktoken`` that holds GPT-2's seeded BPE, unless
-    TIKTOKEN_CACHE_DIR or DATA_GYM_CACHE_DIR already name a cache (make sets TIKTOKEN_CACHE_DIR). Every entry
-    point calls it, so a command run by hand on an offline machine finds what `make tokenizer` seeded.
-    Returns the folder chosen, or None."""
-    if any(os.environ.get(var) for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")):
-        return None
-    for root in roots:
-        folder = Path(root) / PROJECT_CACHE
-        if (folder / _CACHE_FILE).is_file():
-            os.environ["TIKTOKEN_CACHE_DIR"] = str(folder.resolve())
-            return folder
-    return None
-
-
 def cache_dir() -> Path:
     """Where tiktoken looks for cached BPE files (its own rule: TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR, tmp)."""
     for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
@@ -76,7 +57,7 @@ def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
 def ranks_file(name: str = "gpt2") -> Path:
     """The cached BPE ranks file behind ``name`` (after :func:`get_encoding` succeeded once)."""
     get_encoding(name)
-    return cache_dir() / _CACHE_FILE
+    return cache_dir() / hashlib.sha1(R50K_URL.encode()).hexdigest()
 
 
 def encoding_from_file(path: str | Path) -> tiktoken.Encoding:
@@ -116,7 +97,7 @@ def seed_cache(source: str | Path) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     if digest != R50K_SHA256:
         raise DataError(f"{source}: sha256 {digest} is not GPT-2's BPE ({R50K_SHA256}); nothing was written")
-    target = cache_dir() / _CACHE_FILE
+    target = cache_dir() / hashlib.sha1(R50K_URL.encode()).hexdigest()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
     tmp.write_bytes(data)

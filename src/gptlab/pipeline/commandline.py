@@ -41,6 +41,7 @@ class _StderrHandler(logging.StreamHandler):
 TELEMETRY_OFF = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "DO_NOT_TRACK": "1",
                  "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
 PREFECT_HOME = Path(".gptlab") / "prefect"
+BPE_CACHE = Path(".cache") / "tiktoken"  # where `make tokenizer` (gptlab seed-tokenizer) seeds GPT-2's BPE
 
 
 def checkout_root() -> Path | None:
@@ -63,13 +64,17 @@ def prepare_environment(root: str | Path) -> None:
       copy), instead of ``~/.prefect`` shared by every project and every concurrent run; its start may take
       up to 120 s (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, unless set).
     """
-    from gptlab.data.tokenizer import use_project_cache
     from gptlab.fileio import state_root
 
     for key, value in TELEMETRY_OFF.items():
         os.environ.setdefault(key, value)
     root = Path(root)
-    use_project_cache(*dict.fromkeys(filter(None, [root, state_root(root), checkout_root()])))
+    if not any(os.environ.get(var) for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")):
+        # (data.tokenizer is not imported here: the download stage would then depend on it in dvc.yaml)
+        for candidate in dict.fromkeys(filter(None, [root, state_root(root), checkout_root()])):
+            if (candidate / BPE_CACHE).is_dir():
+                os.environ["TIKTOKEN_CACHE_DIR"] = str((candidate / BPE_CACHE).resolve())
+                break
     if not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_HOME"):
         home = (root / PREFECT_HOME).resolve()
         home.mkdir(parents=True, exist_ok=True)  # Prefect makes its home when imported, which may be earlier
