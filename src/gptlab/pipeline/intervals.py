@@ -92,7 +92,7 @@ def compare(candidate: WindowScores | list[WindowScores], reference: WindowScore
     for runs in (candidate, reference):
         runs = runs if isinstance(runs, list) else [runs]
         per_doc = [r.per_document() for r in runs]
-        for nats, toks, _ in per_doc:
+        for _, toks, _ in per_doc:
             if tokens is None:
                 tokens = toks
             elif len(toks) != len(tokens) or not np.array_equal(toks, tokens):

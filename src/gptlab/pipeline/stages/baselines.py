@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from gptlab.core.evaluate import WindowScores
 from gptlab.core.generate import sample_prompts, settings
 from gptlab.core.repetition import repetition
 from gptlab.data.loader import TokenSet, val_tokens
 from gptlab.data.tokenizer import get_encoding
-from gptlab.core.evaluate import WindowScores
 from gptlab.fileio import atomic_dir, write_json
 from gptlab.hf.baselines import BaselineUnavailable, display_name, is_local, load_baseline
 from gptlab.pipeline.commandline import stage_main
