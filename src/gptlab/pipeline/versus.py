@@ -51,8 +51,9 @@ def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
     out = table.astype(object).where(table.notna(), None)
     for column, lo, hi, fmt in INTERVAL_COLUMNS:
         if column in out:
-            out[column] = [_cell(v, a, b, fmt) for v, a, b in zip(out[column], out.get(lo, [None] * len(out)),
-                                                                   out.get(hi, [None] * len(out)), strict=True)]
+            cells = [_cell(v, a, b, fmt) for v, a, b in zip(out[column], out.get(lo, [None] * len(out)),
+                                                            out.get(hi, [None] * len(out)), strict=True)]
+            out[column] = pd.Series(cells, index=out.index, dtype=object)  # object: None stays None ("—")
     return out.drop(columns=[b for b in BOUNDS if b in out])
 
 
