@@ -192,8 +192,19 @@ def test_the_gate_needs_the_margin_on_the_same_val_split(evaluated, capsys):
 def test_the_gate_rejects_a_reseeded_candidate_and_promotes_a_clearly_better_one(evaluated, capsys):
     """Issue 11's "done": same configuration, another seed → rejected with p in the reason; a candidate trained
     4× longer → promoted. The evidence (per-window val losses) comes from each version's own run."""
+    from gptlab.core.evaluate import WindowScores
+
     cfg, paths, _, v1 = evaluated
     client = Store.at(paths.root).client()
+    # The evaluation carries its intervals and the per-window losses they came from (a DVC out, and in MLflow).
+    ours = read_json(paths.metrics / "eval.json")["model"]
+    assert ours["ppl_lo"] < ours["ppl"] < ours["ppl_hi"] and ours["loss_lo"] < ours["loss"] < ours["loss_hi"]
+    assert ours["bits_per_byte_lo"] < ours["bits_per_byte"] < ours["bits_per_byte_hi"] and ours["documents"] > 1
+    assert WindowScores.load(paths.metrics / "val_windows.npz").perplexity.loss == pytest.approx(ours["loss"])
+    run_id = client.get_model_version("gptlab", v1).run_id
+    split = read_json(paths.metrics / "eval.json")["val_sha256"]
+    assert [a.path for a in client.list_artifacts(run_id, f"val_windows/{split[:16]}")] == [
+        f"val_windows/{split[:16]}/val_windows.npz"]
     assert _cli(capsys, paths.root, "promote")[0] == 0  # v1: the first champion
     assert cfg.tracking.promote_alpha == 0.01 and cfg.tracking.promote_seeds == 1
 
