@@ -81,22 +81,30 @@ def _percentiles(values: np.ndarray, level: float) -> tuple[float, float]:
 def bootstrap_ratio(numerator: np.ndarray, denominator: np.ndarray, *, samples: int = SAMPLES, seed: int = SEED,
                     level: float = LEVEL) -> Interval:
     """``Σ numerator / Σ denominator`` over documents (one entry each), with its cluster-bootstrap interval."""
-    num = np.asarray(numerator, dtype=np.float64)
-    den = np.asarray(denominator, dtype=np.float64)
-    if num.shape != den.shape or num.ndim != 1:
-        raise ValueError(f"one numerator and one denominator per document, got shapes {num.shape}, {den.shape}")
-    value = float(num.sum() / den.sum())
-    n = len(num)
+    return bootstrap_ratios([(numerator, denominator)], samples=samples, seed=seed, level=level)[0]
+
+
+def bootstrap_ratios(pairs: list[tuple[np.ndarray, np.ndarray]], *, samples: int = SAMPLES, seed: int = SEED,
+                     level: float = LEVEL) -> list[Interval]:
+    """:func:`bootstrap_ratio` of several statistics over the same documents, from the same resamples (one
+    draw of indices: the intervals of loss and bits per byte cost little more than one)."""
+    arrays = [(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)) for a, b in pairs]
+    n = len(arrays[0][0])
+    for num, den in arrays:
+        if num.shape != den.shape or num.ndim != 1 or len(num) != n:
+            raise ValueError(f"one numerator and one denominator per document, got shapes {num.shape}, {den.shape}")
+    values = [float(num.sum() / den.sum()) for num, den in arrays]
     if n < 2:
-        return Interval(value, None, None)
+        return [Interval(v, None, None) for v in values]
     rng = np.random.default_rng(seed)
-    out = np.empty(samples)
+    out = np.empty((len(arrays), samples))
     done = 0
     for size in _chunks(samples, n):
-        idx = rng.integers(0, n, size=(size, n))
-        out[done : done + size] = num[idx].sum(axis=1) / den[idx].sum(axis=1)
+        idx = rng.integers(0, n, size=(size, n), dtype=np.int32)  # int32: half the memory traffic of int64
+        for k, (num, den) in enumerate(arrays):
+            out[k, done : done + size] = num[idx].sum(axis=1) / den[idx].sum(axis=1)
         done += size
-    return Interval(value, *_percentiles(out, level))
+    return [Interval(v, *_percentiles(row, level)) for v, row in zip(values, out, strict=True)]
 
 
 def paired_difference(candidate: np.ndarray, reference: np.ndarray, tokens: np.ndarray, *, samples: int = SAMPLES,
@@ -122,7 +130,7 @@ def paired_difference(candidate: np.ndarray, reference: np.ndarray, tokens: np.n
     out = np.empty(samples)
     done = 0
     for size in _chunks(samples, n):
-        idx = rng.integers(0, n, size=(size, n))
+        idx = rng.integers(0, n, size=(size, n), dtype=np.int32)
         tok = t[idx].sum(axis=1)  # (size,)
         means = []
         for side in (a, b):

@@ -24,7 +24,7 @@ from gptlab.core.stats import (
     SAMPLES,
     Difference,
     accuracy_interval,
-    bootstrap_ratio,
+    bootstrap_ratios,
     mean_stderr,
     paired_difference,
 )
@@ -51,13 +51,15 @@ def val_metrics(scores: WindowScores) -> dict[str, Any]:
     bootstrap over the split's documents), and what they were computed over."""
     start = time.perf_counter()
     nats, tokens, nbytes = scores.per_document()
-    loss = bootstrap_ratio(nats, tokens)
+    has_bytes = nbytes.sum() > 0
+    # One draw of resampled documents for both: loss and bits per byte come from the same resamples.
+    loss, *bpb = bootstrap_ratios([(nats, tokens), *([(nats / LN2, nbytes)] if has_bytes else [])])
     ppl = loss.map(math.exp)
     out: dict[str, Any] = {"loss": loss.value, **with_interval("loss", loss.lo, loss.hi),
                            "ppl": ppl.value, **with_interval("ppl", ppl.lo, ppl.hi)}
-    if nbytes.sum() > 0:
-        bpb = bootstrap_ratio(nats / LN2, nbytes)  # the same seed: the same resampled documents as the loss
-        out.update(bits_per_byte=bpb.value, **with_interval("bits_per_byte", bpb.lo, bpb.hi), bytes=int(nbytes.sum()))
+    if has_bytes:
+        out.update(bits_per_byte=bpb[0].value, **with_interval("bits_per_byte", bpb[0].lo, bpb[0].hi),
+                   bytes=int(nbytes.sum()))
     out.update(tokens=int(tokens.sum()), documents=len(tokens), seconds=scores.seconds,
                interval_level=LEVEL, bootstrap_samples=SAMPLES, bootstrap_seconds=time.perf_counter() - start)
     return out
