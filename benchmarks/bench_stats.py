@@ -96,7 +96,7 @@ def main() -> None:
     print("| step                                                 | seconds | vs eval forward |")
     print("|------------------------------------------------------|---------|-----------------|")
     rows = [("per-token losses → (window, document) pieces", t_pieces),
-            ("val loss + ppl + bits/byte intervals (2 bootstraps)", t_intervals),
+            ("val loss + ppl + bits/byte intervals (bootstrap)", t_intervals),
             ("paired difference + p-value (1 bootstrap)", t_paired),
             (f"eval forward, whole split (scaled from {ref.tokens:,} tokens)", t_forward)]
     for label, seconds in rows:
