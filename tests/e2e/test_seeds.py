@@ -48,10 +48,7 @@ def test_two_queued_seeds_are_one_configuration(repo: Path, monkeypatch: pytest.
             for rev in group["revs"] if rev.get("name")}
     assert {"seed-1", "seed-2"} <= set(exps), sorted(exps)
     for name in ("seed-1", "seed-2"):
-        data = exps[name]["data"]
-        metrics = data["metrics"]["metrics/eval.json"]["data"]["model"]
-        assert metrics["ppl_lo"] < metrics["ppl"] < metrics["ppl_hi"]  # intervals ride along in `dvc exp show`
-        assert data["params"]["params.yaml"]["data"]["train"]["seed"] == int(name.split("-")[1])
+        assert exps[name]["data"]["params"]["params.yaml"]["data"]["train"]["seed"] == int(name.split("-")[1])
 
     # Both runs are in the repository's store (not the deleted temp copies), tagged as one configuration.
     uri = f"sqlite:///{repo / 'mlflow.db'}"
