@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
+from gptlab.core.evaluate import WindowScores
 from gptlab.pipeline.config import load_config
 from gptlab.pipeline.paths import Paths
 from gptlab.pipeline.stages.evaluate import record, score, score_downstream
@@ -15,7 +16,7 @@ from gptlab.settings import Config
 
 
 @task(name="score-val-split", cache_policy=NONE)
-def score_task(cfg: Config, paths: Paths) -> dict[str, Any]:
+def score_task(cfg: Config, paths: Paths) -> tuple[dict[str, Any], WindowScores]:
     return score(cfg, paths)
 
 
@@ -25,16 +26,17 @@ def downstream_task(cfg: Config, paths: Paths) -> dict[str, Any]:
 
 
 @task(name="record-evaluation", cache_policy=NONE)
-def record_task(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
-    record(cfg, paths, result)  # through the outbox: a tracking outage keeps the records, never fails the task
+def record_task(cfg: Config, paths: Paths, result: dict[str, Any], windows: WindowScores) -> None:
+    record(cfg, paths, result, windows)  # through the outbox: a tracking outage keeps the records, never fails the task
 
 
 @flow(name="gptlab-evaluate")
 def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config(params, overrides or [])
     paths = Paths(Path(params).parent)
-    result = {**score_task(cfg, paths), **downstream_task(cfg, paths)}
-    record_task(cfg, paths, result)
+    scored, windows = score_task(cfg, paths)
+    result = {**scored, **downstream_task(cfg, paths)}
+    record_task(cfg, paths, result, windows)
     return result
 
 

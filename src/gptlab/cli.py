@@ -73,6 +73,7 @@ def _promote(args: argparse.Namespace) -> dict[str, Any]:
     promotion = promote(
         _store(args), cfg.tracking.registered_model, alias=args.alias, version=args.version,
         source_alias=args.from_alias, margin=cfg.tracking.promote_margin, force=args.force,
+        alpha=cfg.tracking.promote_alpha, seeds=cfg.tracking.promote_seeds,
     )
     if promotion.outcome == "rejected":
         raise TrackingError(
@@ -216,8 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move the alias even if the gate says no (the gate's reason is still recorded)")
     p.description = (
         "The promotion gate: the candidate takes the alias only if its val perplexity beats the current holder's "
-        "on the same val split (val_sha256 tags) by tracking.promote_margin. The decision and its reason are "
-        "recorded as version tags promotion.<alias>.*. Exit code 1 when the gate says no."
+        "on the same val split (val_sha256 tags) by tracking.promote_margin AND a paired bootstrap over the val "
+        "documents (both versions' per-window losses, kept in their runs by the evaluate stage) rejects \"no "
+        "improvement\" at tracking.promote_alpha (p <= alpha; 1 turns it off), over at least tracking.promote_seeds "
+        "seed runs of the candidate's configuration. The decision, its reason, the loss difference, its 95% "
+        "interval, p and the rule are recorded as version tags promotion.<alias>.*. Exit code 1 when the gate "
+        "says no."
     )
     p.set_defaults(func=_promote)
     p = sub.add_parser("rescore", help="score a registered version on the current val split (data/tokens) and "

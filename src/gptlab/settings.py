@@ -198,6 +198,12 @@ class TrackingConfig:
     flush_timeout: float
     """Seconds the end of a training run keeps retrying an unreachable tracking server; records still
     undelivered then stay in ``.gptlab/outbox/`` for ``gptlab sync``."""
+    promote_alpha: float
+    """The promotion gate's evidence: the paired bootstrap over val documents (candidate − champion val loss)
+    must reject "no improvement" at this level (p ≤ alpha) as well as clear ``promote_margin``. 1 disables it."""
+    promote_seeds: int
+    """The promotion gate needs at least this many evaluated seed runs of the candidate's configuration (runs
+    that differ only in ``train.seed``); with more than one, the test also resamples the seed runs."""
 
 
 @dataclass(frozen=True)
@@ -389,6 +395,10 @@ def _check_tracking(k: TrackingConfig, p: list[str]) -> None:
         p.append(f"`tracking.promote_margin` must be in [0, 1) (a fraction of the champion's perplexity), "
                  f"got {k.promote_margin}")
     _bounds("tracking", k, ["flush_timeout"], p, allow_zero=True)
+    if not 0.0 < k.promote_alpha <= 1.0:
+        p.append(f"`tracking.promote_alpha` must be in (0, 1] (the paired test's significance level; 1 disables "
+                 f"it), got {k.promote_alpha}")
+    _bounds("tracking", k, ["promote_seeds"], p)
 
 
 def _check_generate_model(g: GenerateConfig, m: ModelConfig, p: list[str]) -> None:

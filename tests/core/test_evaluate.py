@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptlab.core.evaluate import perplexity, unigram_floor
+from gptlab.core.evaluate import WindowScores, perplexity, score_windows, unigram_floor
 from gptlab.core.model import GPT
 from gptlab.data.loader import sequential_windows, spread_windows
 
@@ -39,6 +39,41 @@ def test_perplexity_equals_a_brute_force_token_by_token_computation():
     assert result.tokens == 44
     assert result.loss == pytest.approx(sum(nll) / len(nll), rel=1e-5)
     assert result.ppl == pytest.approx(math.exp(result.loss))
+
+
+def test_per_window_losses_split_at_documents_and_add_up_to_the_perplexity(tmp_path, bpe_cache):
+    from gptlab.data.tokenizer import EOT, get_encoding, token_byte_lengths
+
+    enc = get_encoding("gpt2")
+    texts = ["Déjà vu: the for statement iterates.", "Zwölf Boxkämpfer jagen Viktor 🙂 quer über den Sylter Deich.",
+             "x", "A dictionary maps keys to values; <|endoftext|> inside a text is ordinary text."]
+    tokens = np.concatenate([np.r_[enc.encode_ordinary(t), EOT] for t in texts]).astype(np.uint16)
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    scores = score_windows(model, tokens, context=16, batch_size=3, device=torch.device("cpu"),
+                           token_bytes=token_byte_lengths(enc))
+    plain = perplexity(model, tokens, context=16, batch_size=3, device=torch.device("cpu"))
+    assert scores.perplexity.loss == pytest.approx(plain.loss, rel=1e-6) and scores.perplexity.tokens == len(tokens) - 1
+    # Pieces never cross a window or a document; every document's EOT is its last scored token.
+    nats, count, nbytes = scores.per_document()
+    lengths = [len(enc.encode_ordinary(t)) + 1 for t in texts]
+    assert count.tolist() == [lengths[0] - 1, *lengths[1:]]  # the first token of the split has no prediction
+    first = len(enc.decode_single_token_bytes(int(tokens[0])))
+    assert nbytes.tolist() == [len(texts[0].encode()) - first, *(len(t.encode()) for t in texts[1:])]
+    assert set(zip(scores.window.tolist(), scores.doc.tolist(), strict=True)) == {
+        (j // 16, int(np.sum(tokens[: j + 1] == EOT))) for j in range(len(tokens) - 1)}
+    # The per-document totals are the brute-force per-token losses summed by document.
+    logp = []
+    for start in range(0, len(tokens) - 1, 16):
+        window = torch.from_numpy(tokens[start : start + 17].astype(np.int64))[None]
+        lp = torch.log_softmax(model(window[:, :-1]).logits[0], dim=-1)
+        logp += [lp[i, window[0, i + 1]].item() for i in range(window.size(1) - 1)]
+    doc_of = np.cumsum(tokens == EOT)[:-1]
+    expected = np.bincount(doc_of, weights=-np.array(logp))
+    np.testing.assert_allclose(nats, expected, rtol=1e-5)
+    scores.save(tmp_path / "w.npz")
+    again = WindowScores.load(tmp_path / "w.npz")
+    assert again.context == 16 and all(np.array_equal(getattr(again, k), getattr(scores, k)) for k in WindowScores.FIELDS)
 
 
 def test_unigram_floor_by_hand():

@@ -47,3 +47,8 @@ def test_bench_tokenize_compares_gptlab_with_raw_tiktoken(bpe_cache, tmp_path):
 def test_bench_tracking_measures_log_calls_with_the_server_up_and_down(tmp_path):
     out = bench("bench_tracking.py", cwd=tmp_path)
     assert "| server up (sqlite)" in out and "| server down (closed port)" in out and "none lost" in out
+
+
+def test_bench_stats_compares_the_bootstrap_with_the_eval_forward(tmp_path):
+    out = bench("bench_stats.py", "--smoke", cwd=tmp_path)
+    assert "| val loss + ppl + bits/byte intervals (bootstrap)" in out and "| eval forward, whole split" in out

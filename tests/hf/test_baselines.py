@@ -88,6 +88,20 @@ def test_baselines_stage_scores_gpt2_with_our_code_on_our_val_tokens(tiny_cfg, t
     assert at16["val"]["loss"] == pytest.approx(_transformers_loss(folder, val_tokens(tokens), 16), rel=1e-4)
     assert at16["lambada"]["examples"] == 3 and at16["wikitext"]["documents"] == 2
     assert at32["val"] == {"measured": False, "reason": "context 32 exceeds tiny-gpt2's 24 positions"}
+    # Every val number with its 95 % interval over the split's documents, bits per byte beside them, and the
+    # per-window losses they came from kept as baselines/windows/<name>-ctx<context>.npz.
+    from gptlab.core.evaluate import WindowScores
+
+    val = at16["val"]
+    assert val["loss_lo"] < val["loss"] < val["loss_hi"] and val["ppl_lo"] < val["ppl"] < val["ppl_hi"]
+    assert val["bits_per_byte"] == pytest.approx(val["loss"] * val["tokens"] / math.log(2) / val["bytes"])
+    assert val["bits_per_byte_lo"] < val["bits_per_byte"] < val["bits_per_byte_hi"]
+    assert val["documents"] == tokens.meta["documents"]["val"] > 1
+    kept = WindowScores.load(paths.baselines / "windows" / "tiny-gpt2-ctx16.npz")
+    assert kept.perplexity.loss == pytest.approx(val["loss"]) and kept.context == 16
+    assert sorted(p.name for p in (paths.baselines / "windows").iterdir()) == ["tiny-gpt2-ctx16.npz"]
+    acc = at16["lambada"]["acc"]
+    assert at16["lambada"]["acc_stderr"] == pytest.approx(math.sqrt(acc * (1 - acc) / 2))  # lm-eval's, n = 3
     assert tiny["repetition"]["samples"] == len(cfg.generate.prompts) * cfg.generate.num_samples
     samples = read_json(paths.baselines / "samples.json")
     assert [s["prompt"] for s in samples["samples"][str(folder)]] == list(cfg.generate.prompts)
@@ -103,6 +117,8 @@ def test_baselines_stage_scores_gpt2_with_our_code_on_our_val_tokens(tiny_cfg, t
     assert children["gpt2"].data.tags["gptlab.not_measured"].startswith("gpt2 is not in the local Hugging Face cache")
     measured = children[str(folder)].data
     assert measured.metrics["eval/val_loss_ctx16"] == pytest.approx(at16["val"]["loss"])
+    assert measured.metrics["eval/val_ppl_hi_ctx16"] == pytest.approx(at16["val"]["ppl_hi"])
+    assert measured.metrics["eval/val_bits_per_byte_ctx16"] == pytest.approx(at16["val"]["bits_per_byte"])
     assert measured.metrics["lambada/acc_ctx16"] == pytest.approx(at16["lambada"]["acc"])
     assert math.isfinite(measured.metrics["wikitext/word_ppl_ctx16"])
     assert "eval/val_loss_ctx32" not in measured.metrics

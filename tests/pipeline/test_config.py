@@ -216,3 +216,13 @@ def test_every_value_a_profile_sets_is_checked_and_only_those(project: Path, key
     with pytest.raises(ConfigError, match=re.escape(f"`{key}: ")) as refused:
         load_config(project / "params.yaml")
     assert f"profiles/demo.yaml:{key}=" in str(refused.value)
+
+
+def test_the_gates_evidence_settings_are_checked(project: Path):
+    cfg = load_config(project / "params.yaml", ["tracking.promote_alpha=1", "tracking.promote_seeds=3"])
+    assert (cfg.tracking.promote_alpha, cfg.tracking.promote_seeds) == (1.0, 3)
+    with pytest.raises(ConfigError) as info:
+        load_config(project / "params.yaml", ["tracking.promote_alpha=0", "tracking.promote_seeds=0"])
+    message = str(info.value)
+    assert "`tracking.promote_alpha` must be in (0, 1] (the paired test's significance level; 1 disables it), got 0" in message
+    assert "`tracking.promote_seeds` must be > 0, got 0" in message

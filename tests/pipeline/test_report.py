@@ -99,3 +99,61 @@ def test_report_without_baselines_says_how_to_get_them(tmp_path: Path):
     files["baselines.json"].unlink()
     table = pd.read_csv(_build(files, tmp_path / "reports").csv).set_index("model")
     assert "not measured: baselines/metrics.json is missing (run `gptlab baselines`)" in table.loc["GPT-2 baselines", "note"]
+
+
+def _windows(nats_per_doc, tokens_per_doc, context: int):
+    """Per-window losses with one piece per document (enough for per-document statistics)."""
+    import numpy as np
+
+    from gptlab.core.evaluate import WindowScores
+
+    n = len(tokens_per_doc)
+    return WindowScores(window=np.arange(n), doc=np.arange(n), tokens=np.asarray(tokens_per_doc, dtype=np.int64),
+                        nats=np.asarray(nats_per_doc, dtype=np.float64), bytes=4 * np.asarray(tokens_per_doc),
+                        context=context)
+
+
+def test_report_shows_intervals_and_pairs_ours_with_each_gpt2_on_the_same_documents(tmp_path: Path):
+    import numpy as np
+
+    from gptlab.fileio import read_json
+
+    files = _files(tmp_path / "in")
+    evaluation = read_json(files["eval.json"])
+    evaluation["model"].update(loss_lo=3.45, loss_hi=3.55, ppl_lo=math.exp(3.45), ppl_hi=math.exp(3.55),
+                               bits_per_byte=1.2345, bits_per_byte_lo=1.2, bits_per_byte_hi=1.3, bootstrap_samples=10000)
+    evaluation["lambada"].update(acc_lo=0.24, acc_hi=0.26)
+    write_json(files["eval.json"], evaluation)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(100, 1000, size=40)
+    difficulty = rng.normal(3.3, 0.4, size=40)
+    ours = _windows(tokens * difficulty, tokens, 512)
+    ours.save(tmp_path / "in" / "val_windows.npz")
+    (tmp_path / "in" / "baselines" / "windows").mkdir(parents=True)
+    # gpt2 @512 is clearly better on every document; @1024 the same as ours up to noise.
+    _windows(tokens * (difficulty - 0.2), tokens, 512).save(tmp_path / "in" / "baselines" / "windows" / "gpt2-ctx512.npz")
+    _windows(tokens * difficulty + rng.normal(0, 1, 40) * np.sqrt(tokens), tokens, 1024).save(
+        tmp_path / "in" / "baselines" / "windows" / "gpt2-ctx1024.npz")
+    out = build_report(
+        train_metrics=files["train.json"], eval_metrics=files["eval.json"], curve=files["curve.csv"],
+        out_dir=tmp_path / "reports", generate_metrics=files["generate.json"], baselines=files["baselines.json"],
+        samples=files["samples.json"], baseline_samples=files["baseline_samples.json"],
+        windows=tmp_path / "in" / "val_windows.npz", baseline_windows=tmp_path / "in" / "baselines",
+        seeds={"config_sha256": "c" * 64, "runs": [{"version": "1", "seed": "1337"}, {"version": "2", "seed": "1"}],
+               "summary": {"val_loss": {"mean": 3.5, "std": 0.01, "n": 2}, "val_ppl": {"mean": 33.1, "std": 0.3, "n": 2},
+                           "n": 2}},
+    )
+    markdown = out.markdown.read_text()
+    assert f"| {math.exp(3.5):.2f} [{math.exp(3.45):.2f}, {math.exp(3.55):.2f}] |" in markdown  # ppl 33.12 [31.50, 34.81]
+    assert "| 3.5000 [3.4500, 3.5500] |" in markdown and "1.2345 [1.2000, 1.3000]" in markdown
+    assert "25.00 [24.00, 26.00]" in markdown and "val_ppl_lo" not in markdown
+    table = pd.read_csv(out.csv).set_index("model")
+    assert table.loc["gptlab (seed)", "val_ppl_hi"] == pytest.approx(math.exp(3.55), abs=0.01)  # numeric in the CSV
+    versus = markdown[markdown.index("## Versus"):]
+    rows = {line.split("|")[1].strip(): line for line in versus.splitlines() if line.startswith("| gpt2")}
+    assert "gptlab (seed) is worse" not in versus and "gpt2 is better" in rows["gpt2 @512"]
+    assert "+0.2000" in rows["gpt2 @512"] and "< 1e-4" in rows["gpt2 @512"]
+    assert "no clear difference at 95 %" in rows["gpt2 @1024"]
+    assert "paired bootstrap over documents (10,000 resamples" in versus
+    assert "val_loss 3.5000 ± 0.0100, val_ppl 33.10 ± 0.30 (mean ± sample std over n = 2 seed runs" in markdown
+    assert table["val_ppl"].dtype.kind == "f"  # the CSV stays numeric: the cells are text only in report.md

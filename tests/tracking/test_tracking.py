@@ -179,30 +179,33 @@ def test_the_gate_needs_the_margin_on_the_same_val_split(evaluated, capsys):
         client.set_model_version_tag("gptlab", v2, "val_ppl", f"{val_ppl:.10g}")
         client.set_model_version_tag("gptlab", v2, "val_sha256", val_sha256)
 
+    def promote(*args: str) -> tuple[int, str, str]:  # margins and splits alone: the paired test is off here
+        return _cli(capsys, paths.root, "promote", "-S", "tracking.promote_alpha=1", *args)
+
     def holder() -> str:
         return str(client.get_model_version_by_alias("gptlab", "champion").version)
 
     # Never evaluated: refused, whatever the numbers.
-    code, _, err = _cli(capsys, paths.root, "promote")
+    code, _, err = promote()
     assert code == 1 and "never evaluated" in err and "flows.evaluate" in err and holder() == v1
     assert client.get_model_version("gptlab", v2).tags["promotion.champion.outcome"] == "refused"
     # 0.5% better does not clear the 1% margin of params.yaml: rejected, exit 1, recorded.
     assert cfg.tracking.promote_margin == 0.01
     candidate(ppl * 0.995)
-    code, _, err = _cli(capsys, paths.root, "promote")
+    code, _, err = promote()
     assert code == 1 and "not promoted" in err and "-0.50%" in err and holder() == v1
     tags = client.get_model_version("gptlab", v2).tags
     assert tags["promotion.champion.outcome"] == "rejected" and tags["promotion.champion.compared_with"] == v1
     # The same improvement clears a 0.1% margin.
-    code, out, _ = _cli(capsys, paths.root, "promote", "-S", "tracking.promote_margin=0.001")
+    code, out, _ = promote("-S", "tracking.promote_margin=0.001")
     assert code == 0 and json.loads(out)["outcome"] == "promoted" and holder() == v2
     # Back to v1 (forced: it is worse), then a candidate scored on other val data cannot be compared.
-    code, out, _ = _cli(capsys, paths.root, "promote", "--version", v1, "--force")
+    code, out, _ = promote("--version", v1, "--force")
     assert code == 0 and json.loads(out)["outcome"] == "forced" and holder() == v1
     candidate(ppl * 0.5, "0" * 64)
-    code, _, err = _cli(capsys, paths.root, "promote")
+    code, _, err = promote()
     assert code == 1 and "not comparable" in err and "gptlab rescore --alias champion" in err and holder() == v1
-    code, out, _ = _cli(capsys, paths.root, "promote", "--force")
+    code, out, _ = promote("--force")
     assert code == 0 and json.loads(out)["outcome"] == "forced" and holder() == v2
     assert "not comparable" in client.get_model_version("gptlab", v2).tags["promotion.champion.reason"]
 
@@ -215,6 +218,58 @@ def test_the_gate_needs_the_margin_on_the_same_val_split(evaluated, capsys):
     code, out, _ = _cli(capsys, paths.root, "models", "--json")
     rows = {r["version"]: r for r in json.loads(out)}
     assert rows[v1]["val_ppl"] == pytest.approx(ppl, rel=1e-5) and rows[v1]["val_sha256"] == split
+
+
+def test_the_gate_rejects_a_reseeded_candidate_and_promotes_a_clearly_better_one(evaluated, capsys):
+    """Issue 11's "done": same configuration, another seed → rejected with p in the reason; a candidate trained
+    4× longer → promoted. The evidence (per-window val losses) comes from each version's own run."""
+    from gptlab.core.evaluate import WindowScores
+
+    cfg, paths, _, v1 = evaluated
+    client = Store.at(paths.root).client()
+    # The evaluation carries its intervals and the per-window losses they came from (a DVC out, and in MLflow).
+    ours = read_json(paths.metrics / "eval.json")["model"]
+    assert ours["ppl_lo"] < ours["ppl"] < ours["ppl_hi"] and ours["loss_lo"] < ours["loss"] < ours["loss_hi"]
+    assert ours["bits_per_byte_lo"] < ours["bits_per_byte"] < ours["bits_per_byte_hi"] and ours["documents"] > 1
+    assert WindowScores.load(paths.metrics / "val_windows.npz").perplexity.loss == pytest.approx(ours["loss"])
+    run_id = client.get_model_version("gptlab", v1).run_id
+    split = read_json(paths.metrics / "eval.json")["val_sha256"]
+    assert [a.path for a in client.list_artifacts(run_id, f"val_windows/{split[:16]}")] == [
+        f"val_windows/{split[:16]}/val_windows.npz"]
+    assert _cli(capsys, paths.root, "promote")[0] == 0  # v1: the first champion
+    assert cfg.tracking.promote_alpha == 0.01 and cfg.tracking.promote_seeds == 1
+
+    def candidate(changes: dict) -> str:
+        cfg2 = replace(cfg, train=changes)
+        run2 = train_model(cfg2, paths)
+        version = register(cfg2, paths, run2.run)["version"]
+        evaluate.run(cfg2, paths)
+        return version
+
+    reseeded = candidate({"seed": 7})
+    v1_tags, v2_tags = (client.get_model_version("gptlab", v).tags for v in (v1, reseeded))
+    assert v1_tags["gptlab.config_sha256"] == v2_tags["gptlab.config_sha256"]  # one configuration, two seeds
+    assert (v1_tags["gptlab.seed"], v2_tags["gptlab.seed"]) == (str(cfg.train.seed), "7")
+    code, _, err = _cli(capsys, paths.root, "promote")
+    tags = client.get_model_version("gptlab", reseeded).tags
+    assert code == 1 and tags["promotion.champion.outcome"] == "rejected", err
+    assert "p = " in err and "paired bootstrap over" in err and "Rule: promote iff" in err
+    assert float(tags["promotion.champion.p"]) > 0 and tags["promotion.champion.loss_delta_lo"]
+    assert str(client.get_model_version_by_alias("gptlab", "champion").version) == v1
+    # Two seed runs required: the reseeded candidate's configuration has them, but is still no better.
+    code, _, err = _cli(capsys, paths.root, "promote", "-S", "tracking.promote_seeds=2")
+    assert code == 1 and "2 candidate / 1 champion seed run(s)" in err
+    code, _, err = _cli(capsys, paths.root, "promote", "-S", "tracking.promote_seeds=3")
+    assert code == 1 and "needs 3 evaluated seed runs of the candidate's configuration, has 2" in err
+
+    better = candidate({"max_iters": 80})
+    code, out, err = _cli(capsys, paths.root, "promote")
+    decision = json.loads(out)
+    assert code == 0 and decision["outcome"] == "promoted" and decision["version"] == better, err
+    tags = client.get_model_version("gptlab", better).tags
+    assert float(tags["promotion.champion.p"]) <= 0.01 and float(tags["promotion.champion.loss_delta_hi"]) < 0
+    assert tags["gptlab.config_sha256"] != v1_tags["gptlab.config_sha256"]  # another configuration
+    assert "p = " in tags["promotion.champion.reason"] and "p ≤ 0.01" in tags["promotion.champion.rule"]
 
 
 def test_a_new_val_split_rescores_the_champion_before_the_gate(evaluated, tiny_cfg, bpe_cache):
@@ -239,7 +294,9 @@ def test_a_new_val_split_rescores_the_champion_before_the_gate(evaluated, tiny_c
     assert champion["val_sha256"] == new_split and champion["previous.val_sha256"] == old["val_sha256"]
     assert champion["previous.val_ppl"] == old["val_ppl"] and champion["val_ppl"] != old["val_ppl"]
     ppl1, ppl2 = float(champion["val_ppl"]), float(client.get_model_version("gptlab", v2).tags["val_ppl"])
-    expected = "promoted" if ppl2 < ppl1 * (1 - cfg.tracking.promote_margin) else "rejected"
+    p = float(client.get_model_version("gptlab", v2).tags["promotion.champion.p"])  # on the new split, both
+    expected = ("promoted" if ppl2 < ppl1 * (1 - cfg.tracking.promote_margin) and p <= cfg.tracking.promote_alpha
+                else "rejected")
     assert result["outcome"] == expected and result["version"] == v2
     assert str(client.get_model_version_by_alias("gptlab", "champion").version) == (v2 if expected == "promoted" else v1)
 

@@ -8,13 +8,20 @@ against a training step.
 The unigram floor is the perplexity of a model that ignores context: token frequencies of the train split
 (add-one smoothed) scored on exactly the tokens the language model is scored on. A model that does not beat
 it has learned nothing about context.
+
+:func:`score_windows` also keeps what the intervals need (:mod:`gptlab.core.stats`): the summed loss of every
+(window, document) piece of the split, where documents are the val split's own (each ends with
+``<|endoftext|>``), with its token and UTF-8 byte counts. Bits per byte (total nats / ln 2 / bytes) follow from
+it; it is tokenizer-independent, so models with other vocabularies compare fairly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +30,9 @@ import torch.nn.functional as F
 from gptlab.core.hardware import autocast
 from gptlab.core.model import GPT
 from gptlab.data.loader import sequential_windows, to_device
+from gptlab.data.tokenizer import EOT
 from gptlab.errors import DataError
+from gptlab.fileio import atomic_path
 
 UPCAST_BYTES = 1 << 30  # float32 logits upcast at once when scoring: rows × T × V × 4 bytes stays under 1 GiB
 
@@ -61,7 +70,115 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, greedy: bool
     return logp, hits
 
 
+@dataclass(frozen=True)
+class WindowScores:
+    """The summed loss of every (window, document) piece of a scored split, in order: what a bootstrap over
+    documents and a paired comparison of two models on the same tokens need (one row per piece)."""
+
+    window: np.ndarray
+    """(S,) int64: index of the window (``context`` targets each, the last may be shorter)."""
+    doc: np.ndarray
+    """(S,) int64: document of the split, counted from 0 in the split's order."""
+    tokens: np.ndarray
+    """(S,) int64: targets scored in this piece."""
+    nats: np.ndarray
+    """(S,) float64: their summed cross-entropy in nats."""
+    bytes: np.ndarray
+    """(S,) int64: UTF-8 bytes those targets decode to (``<|endoftext|>`` counts 0)."""
+    context: int
+    seconds: float = 0.0
+
+    FIELDS = ("window", "doc", "tokens", "nats", "bytes")
+
+    @property
+    def perplexity(self) -> Perplexity:
+        count = int(self.tokens.sum())
+        mean = float(self.nats.sum()) / count
+        return Perplexity(loss=mean, ppl=math.exp(mean), tokens=count, seconds=self.seconds)
+
+    def per_document(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(nats, tokens, bytes) summed per document, index = document id."""
+        n = int(self.doc.max()) + 1 if len(self.doc) else 0
+        return (np.bincount(self.doc, weights=self.nats, minlength=n),
+                np.bincount(self.doc, weights=self.tokens, minlength=n).astype(np.int64),
+                np.bincount(self.doc, weights=self.bytes, minlength=n).astype(np.int64))
+
+    def save(self, path: Path) -> None:
+        """An ``.npz`` of the five arrays and ``context`` (plain arrays: loads with ``allow_pickle=False``)."""
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **{k: getattr(self, k) for k in self.FIELDS}, context=np.int64(self.context),
+                     seconds=np.float64(self.seconds))
+
+    @classmethod
+    def load(cls, path: str | Path) -> WindowScores:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in (*cls.FIELDS, "context") if k not in z]
+            if missing:
+                raise DataError(f"{path} is not a per-window loss file (no {missing}): re-run the stage that wrote it")
+            return cls(**{k: z[k] for k in cls.FIELDS}, context=int(z["context"]),
+                       seconds=float(z["seconds"]) if "seconds" in z else 0.0)
+
+
+def pieces(tokens: np.ndarray, logp: np.ndarray, *, context: int, eot: int, token_bytes: np.ndarray | None,
+           n: int) -> WindowScores:
+    """Group per-target log-probabilities of ``tokens[1:n]`` into (window, document) pieces.
+
+    Target ``j`` (token ``j + 1``) is in window ``j // context`` (:func:`sequential_windows`' order) and in the
+    document that holds token ``j + 1``: the number of ``<|endoftext|>`` before it (a document's own EOT is its last
+    token, so predicting the end of a document counts for that document).
+    """
+    ids = np.asarray(tokens[:n])
+    targets = ids[1:]
+    doc = np.cumsum(ids == eot)[:-1]  # EOTs among tokens 0 … j: the document of target j (token j + 1)
+    window = np.arange(len(targets)) // context
+    start = np.flatnonzero(np.r_[True, (np.diff(window) != 0) | (np.diff(doc) != 0)])
+    nbytes = (token_bytes[targets] if token_bytes is not None else np.zeros(len(targets), np.int64)).astype(np.int64)
+    return WindowScores(
+        window=window[start].astype(np.int64), doc=doc[start].astype(np.int64),
+        tokens=np.diff(np.r_[start, len(targets)]).astype(np.int64),
+        nats=-np.add.reduceat(logp.astype(np.float64), start), bytes=np.add.reduceat(nbytes, start),
+        context=context,
+    )
+
+
 @torch.inference_mode()
+def score_windows(
+    model: GPT,
+    tokens: np.ndarray,
+    *,
+    context: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    max_tokens: int | None = None,
+    eot: int = EOT,
+    token_bytes: np.ndarray | None = None,
+) -> WindowScores:
+    """Score every token of ``tokens`` after the first, each exactly once, with windows of ``context``; keep
+    the loss of every (window, document) piece. ``token_bytes[id]``: UTF-8 bytes of a token (for bits per byte)."""
+    if context > model.config.block_size:
+        raise ValueError(f"context {context} exceeds the model's block_size {model.config.block_size}")
+    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    if n < 2:
+        raise DataError("no tokens to score: the validation split needs at least 2 tokens")
+    was_training = model.training
+    model.eval()
+    # Every target's log-probability stays on the device (4 bytes a token): one copy to the host at the end.
+    logp_all = torch.empty(n - 1, dtype=torch.float32, device=device)
+    at = 0
+    start = time.perf_counter()
+    with autocast(device, dtype):
+        for x, y in sequential_windows(tokens, block_size=context, batch_size=batch_size, max_tokens=max_tokens):
+            yt = to_device(y, device)
+            logp, _ = target_logprobs(model(to_device(x, device)).logits, yt)
+            logp_all[at : at + yt.numel()] = logp.reshape(-1)
+            at += yt.numel()
+    model.train(was_training)
+    assert at == n - 1, "sequential_windows scores every target once"
+    scores = pieces(tokens, logp_all.cpu().numpy(), context=context, eot=eot, token_bytes=token_bytes, n=n)
+    return dataclasses.replace(scores, seconds=time.perf_counter() - start)
+
+
 def perplexity(
     model: GPT,
     tokens: np.ndarray,
@@ -73,24 +190,8 @@ def perplexity(
     max_tokens: int | None = None,
 ) -> Perplexity:
     """Score every token of ``tokens`` after the first, each exactly once, with windows of ``context``."""
-    if context > model.config.block_size:
-        raise ValueError(f"context {context} exceeds the model's block_size {model.config.block_size}")
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per batch
-    count = 0
-    start = time.perf_counter()
-    with autocast(device, dtype):
-        for x, y in sequential_windows(tokens, block_size=context, batch_size=batch_size, max_tokens=max_tokens):
-            yt = to_device(y, device)
-            logp, _ = target_logprobs(model(to_device(x, device)).logits, yt)
-            total -= logp.sum(dtype=torch.float64)
-            count += yt.numel()
-    model.train(was_training)
-    if count == 0:
-        raise DataError("no tokens to score: the validation split needs at least 2 tokens")
-    mean = total.item() / count
-    return Perplexity(loss=mean, ppl=math.exp(mean), tokens=count, seconds=time.perf_counter() - start)
+    return score_windows(model, tokens, context=context, batch_size=batch_size, device=device, dtype=dtype,
+                         max_tokens=max_tokens).perplexity
 
 
 def unigram_floor(counts: np.ndarray, tokens: np.ndarray, *, max_tokens: int | None = None) -> Perplexity:

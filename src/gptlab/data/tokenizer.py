@@ -16,6 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str
 
@@ -58,6 +59,24 @@ def ranks_file(name: str = "gpt2") -> Path:
     """The cached BPE ranks file behind ``name`` (after :func:`get_encoding` succeeded once)."""
     get_encoding(name)
     return cache_dir() / hashlib.sha1(R50K_URL.encode()).hexdigest()
+
+
+def token_byte_lengths(enc: tiktoken.Encoding) -> np.ndarray:
+    """``lengths[id]``: UTF-8 bytes token ``id`` decodes to (special tokens such as ``<|endoftext|>``: 0).
+
+    GPT-2's BPE is byte-level and lossless, so the bytes of a token sequence are the sum of its tokens' bytes:
+    bits per byte need no decoding of the text.
+    """
+    special = set(enc.special_tokens_set)
+    lengths = np.zeros(enc.n_vocab, dtype=np.int64)
+    for i in range(enc.n_vocab):
+        try:
+            token = enc.decode_single_token_bytes(i)
+        except KeyError:  # an id with no token (gaps in some vocabularies)
+            continue
+        if token.decode("utf-8", "replace") not in special:
+            lengths[i] = len(token)
+    return lengths
 
 
 def encoding_from_file(path: str | Path) -> tiktoken.Encoding:

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 
 from gptlab.core.downstream import Encode, lambada, wikitext
-from gptlab.core.evaluate import perplexity, unigram_floor
+from gptlab.core.evaluate import WindowScores, score_windows, unigram_floor
 from gptlab.core.hardware import resolve_device, resolve_dtype
 from gptlab.core.model import GPT
 from gptlab.data.loader import TokenSet, val_tokens
+from gptlab.data.tokenizer import EOT
 from gptlab.hf.tasks import TaskDataUnavailable, load_texts
+from gptlab.pipeline.intervals import accuracy_metrics, token_bytes, val_metrics
 from gptlab.settings import EvalConfig
 
 log = logging.getLogger(__name__)
@@ -64,23 +66,32 @@ def eval_device(e: EvalConfig) -> tuple[torch.device, torch.dtype]:
     return device, resolve_dtype(e.dtype, device)
 
 
-def score_val(model: GPT, tokens: TokenSet, *, batch_size: int, device: torch.device,
-              dtype: torch.dtype) -> dict[str, Any]:
-    """Loss and perplexity of ``model`` over the whole val split of ``tokens`` at its own context, and the
-    unigram floor on the same tokens: what the evaluate stage reports and the promotion gate compares."""
+def score_val_windows(model: GPT, tokens: TokenSet, *, batch_size: int, device: torch.device,
+                      dtype: torch.dtype) -> tuple[dict[str, Any], WindowScores]:
+    """Loss, perplexity and bits per byte (with 95 % intervals) of ``model`` over the whole val split of
+    ``tokens`` at its own context, and the unigram floor on the same tokens: what the evaluate stage reports
+    and the promotion gate compares; with the per-window losses the intervals and paired tests come from."""
     val = val_tokens(tokens)
     context = model.config.block_size
-    ours = perplexity(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype)
+    scores = score_windows(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype,
+                           eot=int(tokens.meta.get("eot_token", EOT)), token_bytes=token_bytes(tokens.meta["tokenizer"]))
+    ours = val_metrics(scores)
     floor = unigram_floor(tokens.unigram_counts(), val)
     return {
         "context": context,
         "val_sha256": tokens.meta["val_sha256"],
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "model": ours.to_dict(),
+        "model": ours,
         "unigram": floor.to_dict(),
-        "beats_unigram": ours.ppl < floor.ppl,
-    }
+        "beats_unigram": ours["ppl"] < floor.ppl,
+    }, scores
+
+
+def score_val(model: GPT, tokens: TokenSet, *, batch_size: int, device: torch.device,
+              dtype: torch.dtype) -> dict[str, Any]:
+    """:func:`score_val_windows` without the per-window losses."""
+    return score_val_windows(model, tokens, batch_size=batch_size, device=device, dtype=dtype)[0]
 
 
 def val_tags(result: dict[str, Any]) -> dict[str, str]:
@@ -101,17 +112,21 @@ def measure_tasks(
             out[task] = not_measured(tasks.unavailable[task])
             continue
         result = scorers[task](model, tasks.texts[task], encode=encode, context=context, batch_size=batch_size,
-                               device=device, dtype=dtype)
-        out[task] = measured(result.to_dict())
+                               device=device, dtype=dtype).to_dict()
+        if task == "lambada":
+            result.update(accuracy_metrics(result["acc"], len(tasks.texts[task])))
+        out[task] = measured(result)
     return out
 
 
 def measure_contexts(
     model: GPT, name: str, *, contexts: Sequence[int], val: np.ndarray, tasks: Tasks, encode: Encode,
-    batch_size: int, device: torch.device, dtype: torch.dtype,
+    batch_size: int, device: torch.device, dtype: torch.dtype, token_bytes: np.ndarray | None = None,
+    windows: dict[str, WindowScores] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{"512": {"val", "lambada", "wikitext"}, ...}``: the val split and the tasks at each context; a context
-    beyond the model's positions is not measured."""
+    beyond the model's positions is not measured. ``windows`` (if given) receives each context's per-window
+    val losses; ``token_bytes`` gives bits per byte."""
     out: dict[str, dict[str, Any]] = {}
     positions = model.config.block_size
     for context in contexts:
@@ -119,18 +134,30 @@ def measure_contexts(
             reason = f"context {context} exceeds {name}'s {positions} positions"
             out[str(context)] = {part: not_measured(reason) for part in METRICS}
             continue
-        val_result = perplexity(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype)
-        out[str(context)] = {"val": measured(val_result.to_dict()),
+        scores = score_windows(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype,
+                               token_bytes=token_bytes)
+        val_result = val_metrics(scores)
+        if windows is not None:
+            windows[str(context)] = scores
+        out[str(context)] = {"val": measured(val_result),
                              **measure_tasks(model, tasks, context=context, encode=encode, batch_size=batch_size,
                                              device=device, dtype=dtype)}
-        log.info("%s @%d: val ppl %.2f", name, context, val_result.ppl)
+        log.info("%s @%d: val ppl %.2f [%s, %s]", name, context, val_result["ppl"], _fmt(val_result["ppl_lo"]),
+                 _fmt(val_result["ppl_hi"]))
     return out
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.2f}"
 
 
 # Metric names shared by every MLflow run (ours and baselines), so the UI compares them column by column.
 METRICS = {
-    "val": {"loss": "eval/val_loss", "ppl": "eval/val_ppl"},
-    "lambada": {"acc": "lambada/acc", "ppl": "lambada/ppl"},
+    "val": {"loss": "eval/val_loss", "ppl": "eval/val_ppl", "bits_per_byte": "eval/val_bits_per_byte",
+            "loss_lo": "eval/val_loss_lo", "loss_hi": "eval/val_loss_hi", "ppl_lo": "eval/val_ppl_lo",
+            "ppl_hi": "eval/val_ppl_hi", "bits_per_byte_lo": "eval/val_bits_per_byte_lo",
+            "bits_per_byte_hi": "eval/val_bits_per_byte_hi"},
+    "lambada": {"acc": "lambada/acc", "ppl": "lambada/ppl", "acc_stderr": "lambada/acc_stderr"},
     "wikitext": {"word_ppl": "wikitext/word_ppl", "byte_ppl": "wikitext/byte_ppl",
                  "bits_per_byte": "wikitext/bits_per_byte", "token_ppl": "wikitext/token_ppl"},
 }
@@ -142,7 +169,8 @@ def context_metrics(results: dict[str, dict[str, Any]], context: int) -> dict[st
     for part, names in METRICS.items():
         result = results.get(part, {})
         if result.get("measured"):
-            metrics.update({f"{name}_ctx{context}": float(result[key]) for key, name in names.items()})
+            metrics.update({f"{name}_ctx{context}": float(result[key]) for key, name in names.items()
+                            if result.get(key) is not None})  # no interval with < 2 documents
     return metrics
 
 

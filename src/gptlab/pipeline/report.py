@@ -22,6 +22,7 @@ import pandas as pd
 
 from gptlab.fileio import atomic_path, read_json
 from gptlab.pipeline.samples import quote
+from gptlab.pipeline.versus import BOUNDS, interval_cells, seeds_section, versus_rows, versus_section, with_intervals
 
 # Published numbers, never measured here: nanoGPT's README ("baselines": OpenAI's checkpoints evaluated on
 # OpenWebText val at context 1024) and the GPT-2 paper (Radford et al. 2019, Table 3, zero-shot; its own
@@ -41,6 +42,8 @@ PUBLISHED_SOURCE = "nanoGPT README (OWT val, ctx 1024); GPT-2 paper Table 3 (LAM
 COLUMNS = ["model", "kind", "params_M", "context", "train_tokens_M", "val_loss", "val_ppl", "loss_plateau",
            "lambada_acc", "lambada_ppl", "wikitext_word_ppl", "wikitext_token_ppl", "wikitext_bits_per_byte",
            "distinct_1", "distinct_2", "rep_4", "note"]
+COLUMNS[COLUMNS.index("val_ppl") + 1 : COLUMNS.index("val_ppl") + 1] = ["val_bits_per_byte"]
+COLUMNS += BOUNDS  # 95 % interval bounds (report.csv); report.md shows them inside the cells
 TASK_NAMES = {"val": "val split", "lambada": "LAMBADA", "wikitext": "WikiText-103"}
 
 
@@ -74,6 +77,7 @@ def _task_cells(parts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         if not result.get("measured"):
             notes.append(f"{TASK_NAMES.get(part, part)} not measured: {result.get('reason', 'unknown')}")
             continue
+        cells.update(interval_cells(part, result))
         if part == "val":
             cells.update(val_loss=result["loss"], val_ppl=result["ppl"])
         elif part == "lambada":
@@ -133,7 +137,10 @@ def results_table(
         "note": "no context: a model that does not beat it has learned nothing from context",
     })
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
-    return table.round({"params_M": 2, "train_tokens_M": 2, "val_loss": 4, "val_ppl": 2, "loss_plateau": 4,
+    return table.round({"val_loss_lo": 4, "val_loss_hi": 4, "val_ppl_lo": 2, "val_ppl_hi": 2,
+                        "val_bits_per_byte": 4, "val_bits_per_byte_lo": 4, "val_bits_per_byte_hi": 4,
+                        "lambada_acc_lo": 2, "lambada_acc_hi": 2,
+                        "params_M": 2, "train_tokens_M": 2, "val_loss": 4, "val_ppl": 2, "loss_plateau": 4,
                         "lambada_acc": 2, "lambada_ppl": 2, "wikitext_word_ppl": 2, "wikitext_token_ppl": 2,
                         "wikitext_bits_per_byte": 4, "distinct_1": 3, "distinct_2": 3, "rep_4": 3})
 
@@ -244,6 +251,9 @@ def build_report(
     samples: str | Path | None = "samples/samples.json",
     baseline_samples: str | Path | None = "baselines/samples.json",
     plateau_evals: int = 5,
+    windows: str | Path | None = "metrics/val_windows.npz",
+    baseline_windows: str | Path | None = "baselines",
+    seeds: dict[str, Any] | None = None,
 ) -> ReportPaths:
     out_dir = Path(out_dir)
     train = read_json(train_metrics)
@@ -267,8 +277,17 @@ def build_report(
         f"{plateau_evals} evals during training. Repetition: distinct-1/2 and repeated 4-grams of the samples "
         "(GPT-2 BPE tokens).",
         "",
-        table.astype(object).where(table.notna(), None).to_markdown(index=False, missingval="—", floatfmt="g"),
+        with_intervals(table).to_markdown(index=False, missingval="—", floatfmt="g"),
         "",
+        "[95 % intervals] of val loss, perplexity and bits per byte (total nats / ln 2 / UTF-8 bytes of the val "
+        "documents): a seeded bootstrap over the val split's documents; of LAMBADA accuracy: ± 1.96 × lm-eval's "
+        "stderr √(p(1 − p)/(n − 1)). See docs/evaluation.md.",
+        "",
+        *versus_section(*versus_rows(evaluation, baseline_results, windows=Path(windows) if windows else None,
+                                     baselines_dir=Path(baseline_windows) if baseline_windows else None,
+                                     ours_label=f"gptlab ({train['profile']})"),
+                        samples=int(evaluation["model"].get("bootstrap_samples") or 0)),
+        *seeds_section(seeds),
         "Published rows are quoted, not measured: GPT-2 was trained on WebText (not released), so on OpenWebText "
         "there is a domain gap, and the GPT-2 paper's LAMBADA / WikiText-103 numbers use its own de-tokenizers "
         "and LAMBADA formulation. The unigram floor scores the same val tokens with train-split token "

@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gptlab.settings import Config
+from gptlab.tracking.evidence import CONFIG_TAG, SEED_TAG, configuration_sha256
 from gptlab.tracking.provenance import package_versions
 from gptlab.tracking.store import Store, TrackingError, short
 
@@ -72,7 +73,8 @@ def register_checkpoint(tracker: Tracker, cfg: Config, *, checkpoint_dir: str | 
             registered_model=cfg.tracking.registered_model,
             alias=CANDIDATE,
             tokenizer=Path(tokenizer_file).name,
-            version_tags={"gptlab.profile": cfg.profile},
+            version_tags={"gptlab.profile": cfg.profile, CONFIG_TAG: configuration_sha256(cfg.to_dict()),
+                          SEED_TAG: str(cfg.train.seed)},
             input_example={"prompts": [g.prompts[0]],
                            "params": {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature,
                                       "top_k": g.top_k, "top_p": g.top_p, "seed": g.seed}},

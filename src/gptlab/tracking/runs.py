@@ -21,6 +21,7 @@ from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 
 from gptlab.settings import Config
+from gptlab.tracking.evidence import CONFIG_TAG, configuration_sha256
 from gptlab.tracking.provenance import code_fingerprint, dvc_lock_hashes, git_state, package_versions, write_provenance
 from gptlab.tracking.store import Store, TrackingError, short
 from gptlab.tracking.tracker import Tracker
@@ -119,6 +120,7 @@ def training_run(store: Store, cfg: Config, *, resume: str | None = None,
         tracker = Tracker.start(store, experiment=cfg.tracking.experiment, tags=run_tags(cfg, "train", store.root),
                                 flush_timeout=cfg.tracking.flush_timeout)
         tracker.log_params({"profile": cfg.profile, **cfg.flat()})
+        tracker.set_tags({CONFIG_TAG: configuration_sha256(cfg.to_dict())})  # seed runs share it
         _log_provenance(tracker, cfg, store.root, Path(tokens_dir) if tokens_dir else None)
     status = "FAILED"
     try:

@@ -1,5 +1,7 @@
 """The baselines stage: every GPT-2 of ``eval.baselines`` scored by the same code on the same val tokens,
-LAMBADA and WikiText-103 at every ``eval.contexts``, plus its samples for the same prompts → ``baselines/``.
+LAMBADA and WikiText-103 at every ``eval.contexts``, plus its samples for the same prompts → ``baselines/``
+(``metrics.json`` with 95 % intervals, ``samples.json``, and ``windows/<name>-ctx<context>.npz``: the per-window
+val losses the report's paired comparisons with our model read).
 
 It depends on the data, not on our model, so a training change does not re-run it; its outputs are cached,
 so ``dvc exp`` and checkouts restore them. One MLflow run per baseline, nested under one run for the stage.
@@ -13,11 +15,12 @@ from typing import Any
 
 import torch
 
+from gptlab.core.evaluate import WindowScores
 from gptlab.core.generate import sample_prompts, settings
 from gptlab.core.repetition import repetition
 from gptlab.data.loader import TokenSet, val_tokens
 from gptlab.data.tokenizer import get_encoding
-from gptlab.fileio import write_json
+from gptlab.fileio import atomic_dir, write_json
 from gptlab.hf.baselines import BaselineUnavailable, display_name, is_local, load_baseline
 from gptlab.pipeline.commandline import stage_main
 from gptlab.pipeline.comparison import (
@@ -29,6 +32,7 @@ from gptlab.pipeline.comparison import (
     not_measured,
     not_measured_tags,
 )
+from gptlab.pipeline.intervals import BASELINE_WINDOWS, token_bytes, windows_name
 from gptlab.pipeline.paths import Paths
 from gptlab.settings import Config
 from gptlab.tracking.runs import recording
@@ -37,9 +41,11 @@ from gptlab.tracking.store import Store
 log = logging.getLogger(__name__)
 
 
-def score_baseline(cfg: Config, tokens: TokenSet, name: str, *, tasks: Tasks) -> tuple[dict[str, Any], list]:
+def score_baseline(cfg: Config, tokens: TokenSet, name: str, *, tasks: Tasks,
+                   windows: dict[str, WindowScores] | None = None) -> tuple[dict[str, Any], list]:
     """One GPT-2 baseline on the val split, LAMBADA and WikiText at every ``eval.contexts`` that fits it, and
-    its samples for the ``generate`` prompts; ``({"measured": false, "reason": why}, [])`` if it cannot load."""
+    its samples for the ``generate`` prompts; ``({"measured": false, "reason": why}, [])`` if it cannot load.
+    ``windows`` receives its per-window val losses at each context."""
     device, dtype = eval_device(cfg.eval)
     try:
         model = load_baseline(name, device=device)
@@ -50,6 +56,7 @@ def score_baseline(cfg: Config, tokens: TokenSet, name: str, *, tasks: Tasks) ->
     contexts = measure_contexts(
         model, display_name(name), contexts=cfg.eval.contexts, val=val_tokens(tokens), tasks=tasks,
         encode=enc.encode_ordinary, batch_size=cfg.eval.batch_size, device=device, dtype=dtype,
+        token_bytes=token_bytes(tokens.meta["tokenizer"]), windows=windows,
     )
     samples = sample_prompts(model, enc, cfg.generate)
     result = {"display": display_name(name), "measured": True, "params": model.num_params(),
@@ -66,11 +73,13 @@ def score_baselines(cfg: Config, paths: Paths) -> dict[str, Any]:
     tokens = TokenSet.open(paths.tokens, verify=True)
     device, dtype = eval_device(cfg.eval)
     tasks = load_tasks(cfg.eval) if cfg.eval.baselines else Tasks()
-    results, samples = {}, {}
+    results, samples, windows = {}, {}, {}
     for name in cfg.eval.baselines:
-        results[name], samples[name] = score_baseline(cfg, tokens, name, tasks=tasks)
+        windows[name] = {}
+        results[name], samples[name] = score_baseline(cfg, tokens, name, tasks=tasks, windows=windows[name])
         results[name]["source"] = "local folder" if is_local(name) else "Hugging Face hub"
     return {
+        "windows": windows,
         "val_sha256": tokens.meta["val_sha256"],
         "val_tokens": tokens.tokens("val"),
         "contexts": list(cfg.eval.contexts),
@@ -85,8 +94,9 @@ def score_baselines(cfg: Config, paths: Paths) -> dict[str, Any]:
 def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
     """``baselines/metrics.json`` + ``baselines/samples.json``, and one MLflow run per baseline (nested under one
     run for this stage), each tagged with the val split's sha256."""
-    write_json(paths.baselines / "metrics.json", {k: v for k, v in result.items() if k != "samples"})
+    write_json(paths.baselines / "metrics.json", {k: v for k, v in result.items() if k not in ("samples", "windows")})
     write_json(paths.baselines / "samples.json", {"settings": settings(cfg.generate), "samples": result["samples"]})
+    write_windows(paths, result["windows"], result["baselines"])
     store = Store.at(paths.root)
     shared = {"gptlab.val_sha256": result["val_sha256"], "gptlab.eval.contexts": str(result["contexts"])}
     with recording(store, cfg, "baselines", name="gpt2-baselines", tags=shared) as parent:
@@ -109,6 +119,14 @@ def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
                 rep = {f"samples/{k}": v for k, v in entry["repetition"].items()
                        if k in ("distinct_1", "distinct_2", "rep_4") and v is not None}
                 child.log_metrics({**metrics, **rep, "params": entry["params"]})
+
+
+def write_windows(paths: Paths, windows: dict[str, dict[str, WindowScores]], entries: dict[str, Any]) -> None:
+    """``baselines/windows/``: every measured baseline's per-window val losses at every context, replaced whole."""
+    with atomic_dir(paths.baselines / BASELINE_WINDOWS) as tmp:
+        for name, by_context in windows.items():
+            for context, scores in by_context.items():
+                scores.save(tmp / windows_name(entries[name].get("display", name), context))
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""The evaluate stage: the trained model's loss and perplexity over the whole val split, the unigram floor,
-LAMBADA and WikiText-103 → ``metrics/eval.json``, recorded in the training's MLflow run and on its version."""
+"""The evaluate stage: the trained model's loss, perplexity and bits per byte over the whole val split (95 %
+intervals over documents), the unigram floor, LAMBADA and WikiText-103 → ``metrics/eval.json``, and the
+per-window val losses → ``metrics/val_windows.npz``; recorded in the training's MLflow run (the per-window file
+as the artifact ``val_windows/<val sha256>/``, which the promotion gate reads) and on its version."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import sys
 from typing import Any
 
 from gptlab.core.checkpoint import load_model
+from gptlab.core.evaluate import WindowScores
 from gptlab.data.loader import TokenSet
 from gptlab.data.tokenizer import get_encoding
 from gptlab.fileio import read_json, write_json
@@ -19,24 +22,27 @@ from gptlab.pipeline.comparison import (
     measure_tasks,
     measured,
     not_measured_tags,
-    score_val,
+    score_val_windows,
     val_tags,
 )
+from gptlab.pipeline.intervals import WINDOWS_FILE
 from gptlab.pipeline.paths import Paths
 from gptlab.settings import Config
+from gptlab.tracking.evidence import windows_artifact_path
 from gptlab.tracking.runs import recording
 from gptlab.tracking.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def score(cfg: Config, paths: Paths) -> dict[str, Any]:
-    """Loss and perplexity of the trained model over the whole val split, and the unigram floor."""
+def score(cfg: Config, paths: Paths) -> tuple[dict[str, Any], WindowScores]:
+    """Loss, perplexity and bits per byte of the trained model over the whole val split (with intervals), the
+    unigram floor, and the per-window losses."""
     device, dtype = eval_device(cfg.eval)
     model, ckpt = load_model(paths.model, device=device)
     tokens = TokenSet.open(paths.tokens, verify=True)
-    result = score_val(model, tokens, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
-    return {**result, "checkpoint_step": ckpt.step}
+    result, windows = score_val_windows(model, tokens, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    return {**result, "checkpoint_step": ckpt.step}, windows
 
 
 def score_downstream(cfg: Config, paths: Paths) -> dict[str, Any]:
@@ -50,9 +56,11 @@ def score_downstream(cfg: Config, paths: Paths) -> dict[str, Any]:
     return {**results, "tasks": tasks.provenance}
 
 
-def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
-    """``metrics/eval.json``, then the metrics in the training's run and the val tags on its version."""
+def record(cfg: Config, paths: Paths, result: dict[str, Any], windows: WindowScores) -> None:
+    """``metrics/eval.json`` and ``metrics/val_windows.npz``, then the metrics and the per-window file in the
+    training's run and the val tags on its version."""
     write_json(paths.metrics / "eval.json", result)
+    windows.save(paths.metrics / WINDOWS_FILE)
     downstream = {task: result[task] for task in ("lambada", "wikitext") if task in result}
     by_context = context_metrics({"val": measured(result["model"]), **downstream}, result["context"])
     run = read_json(paths.model / "meta.json").get("mlflow_run_id")
@@ -68,14 +76,18 @@ def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
         })
         tracker.set_tags({"gptlab.val_sha256": result["val_sha256"], **not_measured_tags(downstream)})
         tracker.log_artifact(paths.metrics / "eval.json", artifact_path="metrics")
+        tracker.log_artifact(paths.metrics / WINDOWS_FILE, artifact_path=windows_artifact_path(result["val_sha256"]))
         tracker.tag_versions(cfg.tracking.registered_model, val_tags(result))
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
-    result = {**score(cfg, paths), **score_downstream(cfg, paths)}
-    record(cfg, paths, result)
-    log.info("evaluate: val ppl %.2f over %d tokens (unigram floor %.2f)",
-             result["model"]["ppl"], result["model"]["tokens"], result["unigram"]["ppl"])
+    scored, windows = score(cfg, paths)
+    result = {**scored, **score_downstream(cfg, paths)}
+    record(cfg, paths, result, windows)
+    m = result["model"]
+    log.info("evaluate: val ppl %.2f [%s, %s] over %d tokens in %d documents, %s bits/byte (unigram floor %.2f); "
+             "intervals in %.2f s", m["ppl"], m["ppl_lo"], m["ppl_hi"], m["tokens"], m["documents"],
+             m.get("bits_per_byte"), result["unigram"]["ppl"], m["bootstrap_seconds"])
     return result
 
 
