@@ -253,8 +253,8 @@ def run(params: str | Path, overrides: Sequence[str] = (), *, jobs: int | None =
     failed = [r["name"] for r in rows if r["state"] == "to run"] if wait else []
     result = {"points": len(rows), "done": sum(r["state"] == "done" for r in rows), "queued_now": queued,
               "skipped_done": skipped, "not_done": failed,
-              "next": "fit: `dvc exp run -S profile=%s` (the scaling stage) or `gptlab scaling -S profile=%s`"
-                      % (cfg.profile, cfg.profile)}
+              "next": f"fit: `dvc exp run -S profile={cfg.profile}` (the scaling stage) or "
+                      f"`gptlab scaling -S profile={cfg.profile}`"}
     if failed:
         result["hint"] = ("points not done: see `dvc queue logs NAME`; `gptlab sweep run` again re-queues them "
                           "(a killed training resumes from its last checkpoint)")
