@@ -11,6 +11,7 @@ from gptlab.fileio import read_json
 from gptlab.pipeline.commandline import stage_main
 from gptlab.pipeline.paths import Paths
 from gptlab.pipeline.report import build_report
+from gptlab.pipeline.scaling import ScalingPaths, read_optional, summary_lines
 from gptlab.settings import Config
 from gptlab.tracking.runs import recording
 from gptlab.tracking.store import Store
@@ -23,6 +24,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         generate_metrics=paths.metrics / "generate.json", baselines=paths.baselines / "metrics.json",
         samples=paths.samples / "samples.json", baseline_samples=paths.baselines / "samples.json",
         plateau_evals=cfg.eval.plateau_evals,
+        sections=summary_lines(read_optional(ScalingPaths.under(paths.reports).json)),
     )
     run_ref = read_json(paths.metrics / "train.json").get("mlflow_run_id")  # a dep of this stage; models/ is not
     with recording(Store.at(paths.root), cfg, "report", attach=run_ref) as tracker:
