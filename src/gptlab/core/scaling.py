@@ -142,7 +142,9 @@ class Fit:
             return None
         values = np.array([fn(law) for law in self.bootstrap], dtype=float)
         values = np.where(np.isnan(values), np.inf, values)
-        lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+        # No interpolation between order statistics: an inf ("never reached") among them would make a nan.
+        lo = np.percentile(values, 50 * (1 - level), method="lower")
+        hi = np.percentile(values, 50 * (1 + level), method="higher")
         return float(lo), float(hi)
 
     def parameter_intervals(self) -> dict[str, tuple[float, float] | None]:

@@ -178,6 +178,18 @@ def _workers(root: Path) -> int:
     return int(found.group(1)) if found else 0
 
 
+def _start_workers(root: Path, jobs: int) -> None:
+    """``dvc queue start -j N``. Its workers run on in the background holding whatever stdout they were given:
+    a captured pipe would never reach end-of-file while they live, so their output goes to a log file."""
+    log_file = root / ".dvc" / "tmp" / "gptlab-sweep-queue.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as sink:
+        code = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root, stdin=subprocess.DEVNULL,
+                              stdout=sink, stderr=sink).returncode
+    if code != 0:
+        raise SweepError(f"`dvc queue start -j {jobs}` failed (exit code {code}): see {log_file}")
+
+
 def status(params: str | Path, overrides: Sequence[str] = (), *, root: Path | None = None) -> list[dict[str, Any]]:
     """One row per point: its size, budget and cost, and whether it is done (with its run), queued, running
     or still to run."""
@@ -236,9 +248,7 @@ def run(params: str | Path, overrides: Sequence[str] = (), *, jobs: int | None =
         log.info("sweep: %d point(s) already done in MLflow, skipped: %s", len(skipped), ", ".join(skipped))
     pending = [r["name"] for r in rows if r["state"] != "done"]
     if pending and _workers(root) < jobs:
-        out = _dvc(["queue", "start", "-j", str(jobs)], root)
-        if out.returncode != 0:
-            raise SweepError(f"`dvc queue start -j {jobs}` failed: {out.stderr.strip()[:500]}")
+        _start_workers(root, jobs)
     if wait:
         started = time.monotonic()
         while pending:
