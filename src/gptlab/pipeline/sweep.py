@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 import time
@@ -183,9 +184,13 @@ def _start_workers(root: Path, jobs: int) -> None:
     a captured pipe would never reach end-of-file while they live, so their output goes to a log file."""
     log_file = root / ".dvc" / "tmp" / "gptlab-sweep-queue.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    # Each point starts Prefect's ephemeral API server for its flows; its 20 s default start-up timeout failed
+    # points on a loaded 2-core machine (measured at load 16). An explicit setting still wins.
+    env = {**os.environ}
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     with open(log_file, "ab") as sink:
         code = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root, stdin=subprocess.DEVNULL,
-                              stdout=sink, stderr=sink).returncode
+                              stdout=sink, stderr=sink, env=env).returncode
     if code != 0:
         raise SweepError(f"`dvc queue start -j {jobs}` failed (exit code {code}): see {log_file}")
 
