@@ -243,17 +243,19 @@ def run(params: str | Path, overrides: Sequence[str] = (), *, jobs: int | None =
     cfg = next(iter(points.values())).cfg
     jobs = jobs or cfg.scaling.jobs
     queued = []
+    skipped = [r["name"] for r in rows if r["state"] == "done"]
+    if skipped:
+        log.info("sweep: %d point(s) already done in MLflow, skipped: %s", len(skipped), ", ".join(skipped))
+    pending = [r["name"] for r in rows if r["state"] != "done"]
+    if any(r["state"] in IN_FLIGHT for r in rows) and _workers(root) < jobs:
+        _start_workers(root, jobs)  # what an earlier sweep left queued runs while the rest is queued
     for row in rows:
         if row["state"] == "to run":
             _queue(points[row["name"]], root)
             queued.append(row["name"])
             log.info("sweep: queued %s (N=%s, D=%s)", row["name"], f"{row['N']:,}", f"{row['D']:,}")
-    skipped = [r["name"] for r in rows if r["state"] == "done"]
-    if skipped:
-        log.info("sweep: %d point(s) already done in MLflow, skipped: %s", len(skipped), ", ".join(skipped))
-    pending = [r["name"] for r in rows if r["state"] != "done"]
-    if pending and _workers(root) < jobs:
-        _start_workers(root, jobs)
+            if len(queued) == 1 and _workers(root) < jobs:
+                _start_workers(root, jobs)  # training starts while the other points are queued
     if wait:
         started = time.monotonic()
         while pending:
@@ -261,6 +263,8 @@ def run(params: str | Path, overrides: Sequence[str] = (), *, jobs: int | None =
             left = [n for n in pending if states.get(n) in IN_FLIGHT]
             if not left:
                 break
+            if any(states.get(n) == "queued" for n in left) and _workers(root) == 0:
+                _start_workers(root, jobs)  # a worker stops when it finds the queue empty, maybe before the last
             log.info("sweep: %d of %d point(s) queued or running (%.0f s)", len(left), len(rows),
                      time.monotonic() - started)
             time.sleep(poll_seconds)
