@@ -110,3 +110,19 @@ def test_too_few_runs_write_not_enough_runs_and_what_to_run(project: Path, tmp_p
     assert out.loss_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # DVC needs every declared plot file
     assert summary_lines(json.loads(out.json.read_text()))[2].startswith("not enough runs")
     assert math.isfinite(json.loads(out.json.read_text())["points"][0]["loss"])
+
+
+def test_scaling_settings_are_checked_with_the_fix(project: Path):
+    from gptlab.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(project / "params.yaml", ["scaling.sizes=[{n_layer: 2, n_head: 3, n_embd: 64}]",
+                                              "scaling.max_iters=[100, 100]", "scaling.mfu=1.5"])
+    text = str(e.value)
+    assert "`scaling.sizes[0]` must have n_layer, n_head, n_embd > 0 and n_head dividing n_embd" in text
+    assert "`scaling.max_iters` must list distinct step counts > 0, got [100, 100]" in text
+    assert "`scaling.mfu` must be in (0, 1]" in text
+    # A profile may leave the scaling section out: it takes params.yaml's.
+    (project / "profiles" / "noscaling.yaml").write_text(
+        "".join(f"{s}: {{}}\n" for s in ("data", "tokenize", "model", "train", "eval", "generate", "tracking")))
+    assert load_config(project / "params.yaml", ["profile=noscaling"]).scaling.max_iters == (5000, 20000, 50000)
