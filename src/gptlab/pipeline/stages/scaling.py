@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from gptlab.errors import ConfigError
+from gptlab.errors import ConfigError, GptlabError
 from gptlab.fileio import read_json
 from gptlab.pipeline.commandline import stage_main
 from gptlab.pipeline.config import load_config
@@ -36,7 +36,11 @@ def seed_config(paths: Paths) -> Config | None:
 
 
 def run(cfg: Config, paths: Paths) -> dict[str, Any]:
-    val_sha256 = read_json(paths.tokens / "meta.json")["val_sha256"]
+    meta = paths.tokens / "meta.json"
+    if not meta.is_file():
+        raise GptlabError(f"{meta} is missing: the fit reads runs scored on this val split. Tokenize first: "
+                          f"`dvc repro tokenize` (with this profile: `dvc exp run -S profile={cfg.profile} tokenize`)")
+    val_sha256 = read_json(meta)["val_sha256"]
     store = Store.at(paths.root)
     runs = finished_training_runs(store, cfg.tracking.experiment)
     result = study(cfg, runs=runs, val_sha256=val_sha256, baselines=read_optional(paths.baselines / "metrics.json"),
