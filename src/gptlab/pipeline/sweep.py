@@ -126,7 +126,9 @@ def plan(params: str | Path, overrides: Sequence[str] = ()) -> list[SweepPoint]:
     extra = []
     for text in overrides:
         key, _ = parse_override(text)
-        if key != "profile":  # into the profile file, where a params.yaml value would be shadowed
+        # Into the profile file, where a params.yaml value would be shadowed; the sweep's own settings
+        # (scaling.*) choose the points and stay out of them.
+        if key != "profile" and not key.startswith("scaling."):
             extra.append(f"{profile_file}:{text.strip()}")
     points = []
     for shape in cfg.scaling.sizes:
