@@ -42,6 +42,8 @@ STAGE_HELP = {
     "generate": "samples for every prompt → samples/samples.{json,md}",
     "report": "comparison table (ours, GPT-2 measured and published, unigram floor), plots, samples side by side "
               "→ reports/",
+    "scaling": "fit L(N, D) = E + A/N^α + B/D^β over the finished runs of this configuration family on this val "
+               "split, forecast what reaching GPT-2 takes → reports/scaling.{json,md}, plots",
 }
 
 def _stage(name: str, args: argparse.Namespace) -> Any:
@@ -193,6 +195,28 @@ def _export_hf(args: argparse.Namespace) -> dict[str, str]:
             "load_with": f"transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})"}
 
 
+def _sweep(args: argparse.Namespace) -> dict[str, Any] | None:
+    from gptlab.pipeline import sweep
+
+    if args.sweep_command == "run":
+        return sweep.run(args.params, args.overrides, jobs=args.jobs, wait=not args.no_wait)
+    rows = sweep.status(args.params, args.overrides)
+    if args.json:
+        return {"points": rows}
+    from tabulate import tabulate
+
+    cols = ["name", "N", "D", "flops", "gpu_hours", "state", "val_loss"]
+    print(tabulate([{k: r[k] for k in cols} for r in rows], headers="keys", tablefmt="github", floatfmt=".4g",
+                   intfmt=",", missingval="-"))
+    print(f"\nN: non-embedding parameters; D: training tokens; flops: training FLOPs; gpu_hours on one "
+          f"{rows[0]['gpu']} at MFU {rows[0]['mfu']:g}{' (assumed)' if rows[0]['mfu_assumed'] else ''}.")
+    print("Queue them all with `gptlab sweep run` (skips what is done), or one by one:")
+    for r in rows:
+        if r["state"] != "done":
+            print(f"  {r['command']}")
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gptlab",
@@ -273,6 +297,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptlab checkpoint directory (default: models/final)")
     p.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
     p.set_defaults(func=_export_hf)
+    p = sub.add_parser("sweep", help="model sizes × token budgets (the scaling section) as queued DVC experiments",
+                       description="`plan` lists the points of the scaling section with their cost, state (done in "
+                       "MLflow, queued, running, to run) and `dvc exp run --queue` command; `run` queues those not "
+                       "done, starts `dvc queue start -j N` and waits. A killed sweep resumes: `run` again.")
+    sweep_sub = p.add_subparsers(dest="sweep_command", required=True, metavar="plan|run")
+    q = sweep_sub.add_parser("plan", help="print the points, their cost and state, and the dvc commands")
+    add_config_args(q)
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    q.set_defaults(func=_sweep)
+    q = sweep_sub.add_parser("run", help="queue the points not done yet, start the DVC queue, wait for it")
+    add_config_args(q)
+    q.add_argument("-j", "--jobs", type=int, default=None, help="queue workers (default: scaling.jobs)")
+    q.add_argument("--no-wait", action="store_true", help="return once the queue is started")
+    q.set_defaults(func=_sweep)
     p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines): "
                        "TIKTOKEN_CACHE_DIR, else .cache/tiktoken here, where every gptlab entry point looks")
     p.add_argument("source", type=Path, help="a gpt2.tiktoken / r50k_base.tiktoken file, or the openai-whisper sdist")

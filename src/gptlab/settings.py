@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 GPT2_VOCAB = 50257  # GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
-SECTIONS = ("data", "tokenize", "model", "train", "eval", "generate", "tracking", "serve")
+SECTIONS = ("data", "tokenize", "model", "train", "eval", "generate", "tracking", "serve", "scaling")
+# Sections a profile may leave out (they then take params.yaml's values): only the scaling stage reads
+# `scaling`, and DVC tracks it from params.yaml alone (that stage re-runs every time: see dvc.yaml).
+OPTIONAL_SECTIONS = ("scaling",)
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,42 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class ModelShape:
+    """One model size of a sweep: the ``model`` settings a sweep point changes (the rest stay)."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """``scaling``: the sweep of model sizes × token budgets (``gptlab sweep``), the fit of
+    L(N, D) = E + A/N^α + B/D^β over its runs and the forecast (``gptlab scaling``, the scaling stage)."""
+
+    sizes: tuple[ModelShape, ...]
+    """Model shapes of the sweep, each ``{n_layer, n_head, n_embd}``; every other setting is the profile's."""
+    max_iters: tuple[int, ...]
+    """Budgets: each size trains for each of these ``train.max_iters`` (D = max_iters × tokens per step; the
+    learning-rate schedule decays over each run's own length, as Hoffmann et al. 2022 require)."""
+    jobs: int
+    """Experiments ``gptlab sweep run`` trains at once (``dvc queue start -j``); 1 on a small CPU box, where
+    parallel runs only share the same cores."""
+    bootstrap: int
+    """Resamples over runs for the fit's and the forecast's 95% intervals (0: no intervals)."""
+    seed: int
+    """Seed of the bootstrap resampling (the report is reproducible)."""
+    gpu: str
+    """GPU whose dense bf16 peak (gptlab.hardware's table) prices the forecast in GPU-hours, e.g. ``H100``."""
+    mfu: float | None
+    """Model FLOPs utilisation for GPU-hours; null uses the median MFU the fitted runs measured, and a stated
+    assumption of 0.35 (nanoGPT's reported ~35% on A100 for GPT-2 124M) when they measured none (CPU runs)."""
+    forecast_iters: tuple[int, ...]
+    """The seed configuration's expected loss at these ``train.max_iters`` (the seed's "50k+ iterations for
+    ppl under 60" claim)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved experiment."""
 
@@ -233,6 +272,7 @@ class Config:
     generate: GenerateConfig
     tracking: TrackingConfig
     serve: ServeConfig
+    scaling: ScalingConfig
 
     @property
     def tokens_per_step(self) -> int:
@@ -255,6 +295,7 @@ SECTION_TYPES: dict[str, type] = {
     "generate": GenerateConfig,
     "tracking": TrackingConfig,
     "serve": ServeConfig,
+    "scaling": ScalingConfig,
 }
 
 
@@ -401,6 +442,23 @@ def _check_tracking(k: TrackingConfig, p: list[str]) -> None:
     _bounds("tracking", k, ["promote_seeds"], p)
 
 
+def _check_scaling(s: ScalingConfig, p: list[str]) -> None:
+    for i, shape in enumerate(s.sizes):
+        if min(shape.n_layer, shape.n_head, shape.n_embd) <= 0 or shape.n_embd % shape.n_head:
+            p.append(f"`scaling.sizes[{i}]` must have n_layer, n_head, n_embd > 0 and n_head dividing n_embd, got "
+                     f"{dataclasses.asdict(shape)}")
+    if len(set(s.sizes)) != len(s.sizes):
+        p.append("`scaling.sizes` lists a shape twice: each must be distinct")
+    if any(i <= 0 for i in s.max_iters) or len(set(s.max_iters)) != len(s.max_iters):
+        p.append(f"`scaling.max_iters` must list distinct step counts > 0, got {list(s.max_iters)}")
+    if any(i <= 0 for i in s.forecast_iters):
+        p.append(f"`scaling.forecast_iters` must list step counts > 0, got {list(s.forecast_iters)}")
+    _bounds("scaling", s, ["jobs"], p)
+    _bounds("scaling", s, ["bootstrap"], p, allow_zero=True)
+    if s.mfu is not None and not 0.0 < s.mfu <= 1.0:
+        p.append(f"`scaling.mfu` must be in (0, 1] (e.g. 0.35) or null (measured), got {s.mfu}")
+
+
 def _check_generate_model(g: GenerateConfig, m: ModelConfig, p: list[str]) -> None:
     if g.top_k > m.vocab_size:
         p.append(f"`generate.top_k` ({g.top_k}) exceeds `model.vocab_size` ({m.vocab_size}); use 0 to disable")
@@ -434,6 +492,7 @@ _CHECKS: list[tuple[tuple[str, ...], Any]] = [
     (("generate",), _check_generate),
     (("tracking",), _check_tracking),
     (("serve",), _check_serve),
+    (("scaling",), _check_scaling),
     (("generate", "model"), _check_generate_model),
 ]
 

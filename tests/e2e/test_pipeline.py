@@ -19,7 +19,12 @@ pytestmark = pytest.mark.slow
 
 def test_dvc_repro_from_corpus_to_a_promoted_model(repo: Path):
     out = run_command([str(BIN / "dvc"), "repro"], repo)
-    assert stages_ran(out) == ["download", "tokenize", "train", "evaluate", "baselines", "generate", "report"]
+    ran = stages_ran(out)
+    assert ran[:5] == ["download", "tokenize", "train", "evaluate", "baselines"] and ran[-1] == "report"
+    assert sorted(ran[5:-1]) == ["generate", "scaling"]
+    # One training is no grid: the scaling stage says so and `dvc repro` goes on.
+    scaling = json.loads((repo / "reports" / "scaling.json").read_text())
+    assert not scaling["fitted"] and scaling["reason"].startswith("not enough runs: 1 finished run(s)")
 
     evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
     assert evaluation["model"]["tokens"] == evaluation["unigram"]["tokens"] > 10_000
@@ -65,13 +70,16 @@ def test_dvc_repro_from_corpus_to_a_promoted_model(repo: Path):
     [text] = champion.predict(["The future of AI is"], params={"max_new_tokens": 8})
     assert isinstance(text, str) and text
 
-    # Nothing changed: nothing runs. A train.* change re-runs training and what follows, not the data stages.
-    assert stages_ran(run_command([str(BIN / "dvc"), "repro"], repo)) == []
+    # Nothing changed: nothing runs but the scaling stage, which reads MLflow (always_changed); its output is
+    # the same, so the report does not run again. A train.* change re-runs training and what follows, not the
+    # data stages.
+    assert stages_ran(run_command([str(BIN / "dvc"), "repro"], repo)) == ["scaling"]
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["seed"] += 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The baselines depend on the data, not on our model: they are not measured again.
-    assert stages_ran(run_command([str(BIN / "dvc"), "repro"], repo)) == ["train", "evaluate", "generate", "report"]
+    assert sorted(stages_ran(run_command([str(BIN / "dvc"), "repro"], repo))) == ["evaluate", "generate", "report",
+                                                                                 "scaling", "train"]
     assert int(client.get_model_version_by_alias("gptlab", "candidate").version) == int(candidate.version) + 1
     assert int(client.get_model_version_by_alias("gptlab", "champion").version) == int(candidate.version)
 
@@ -81,7 +89,9 @@ def test_dvc_repro_from_corpus_to_a_promoted_model(repo: Path):
         original = file.read_text()
         file.write_text(original + "\n# an edit\n")
         try:
-            return set(json.loads(run_command([str(BIN / "dvc"), "status", "--json"], repo)))
+            status = json.loads(run_command([str(BIN / "dvc"), "status", "--json"], repo))
+            assert status.pop("scaling") == ["always changed"]
+            return set(status)
         finally:
             file.write_text(original)
 

@@ -33,7 +33,7 @@ import pydantic
 import yaml
 
 from gptlab.errors import ConfigError
-from gptlab.settings import SECTION_TYPES, SECTIONS, Config, flatten, value_problems
+from gptlab.settings import OPTIONAL_SECTIONS, SECTION_TYPES, SECTIONS, Config, flatten, value_problems
 
 # --------------------------------------------------------------------------------------------- YAML
 
@@ -249,7 +249,7 @@ def load_config(params: str | Path = "params.yaml", overrides: typing.Sequence[s
     else:
         overlay = _read_yaml(profiles_dir / f"{profile}.yaml", problems)
         if overlay is not None:
-            missing = [s for s in SECTIONS if s not in overlay]
+            missing = [s for s in SECTIONS if s not in overlay and s not in OPTIONAL_SECTIONS]
             if missing:
                 # DVC tracks each section of the overlay as a param; an absent section breaks `dvc repro`.
                 problems.append(

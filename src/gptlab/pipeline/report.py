@@ -13,7 +13,9 @@ Reads only files earlier stages wrote (``metrics/train.json``, ``eval.json``, ``
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,20 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
+@contextlib.contextmanager
+def plot_file(path: Path, *, figsize: tuple[float, float]) -> Iterator[tuple[Any, Any]]:
+    """``with plot_file(path, figsize=...) as (fig, ax):`` draw; the PNG is written atomically, the figure closed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=figsize, dpi=120)
+    try:
+        yield fig, ax
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
 def plot_losses(curve: pd.DataFrame, path: Path, *, references: dict[str, float] | None = None) -> None:
     """Our train/val loss by step, with each measured baseline's val loss at our context as a dashed line."""
     plt = _pyplot()
@@ -254,7 +270,9 @@ def build_report(
     windows: str | Path | None = "metrics/val_windows.npz",
     baseline_windows: str | Path | None = "baselines",
     seeds: dict[str, Any] | None = None,
+    sections: list[str] | None = None,
 ) -> ReportPaths:
+    """``sections``: more markdown lines, placed before the link to the samples (the scaling summary)."""
     out_dir = Path(out_dir)
     train = read_json(train_metrics)
     evaluation = read_json(eval_metrics)
@@ -297,6 +315,7 @@ def build_report(
         "",
         "![loss curves](loss.png)",
         "",
+        *(sections or []),
         "Samples side by side: [samples.md](samples.md)",
         "",
     ]

@@ -12,6 +12,7 @@ from gptlab.pipeline.commandline import stage_main
 from gptlab.pipeline.intervals import WINDOWS_FILE
 from gptlab.pipeline.paths import Paths
 from gptlab.pipeline.report import build_report
+from gptlab.pipeline.scaling import ScalingPaths, read_optional, summary_lines
 from gptlab.pipeline.seeds import seed_runs
 from gptlab.settings import Config
 from gptlab.tracking.runs import recording
@@ -29,6 +30,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
         plateau_evals=cfg.eval.plateau_evals,
         windows=paths.metrics / WINDOWS_FILE, baseline_windows=paths.baselines,
         seeds=seed_runs(store, cfg, val_sha256),
+        sections=summary_lines(read_optional(ScalingPaths.under(paths.reports).json)),
     )
     run_ref = read_json(paths.metrics / "train.json").get("mlflow_run_id")  # a dep of this stage; models/ is not
     with recording(store, cfg, "report", attach=run_ref) as tracker:
