@@ -16,8 +16,9 @@ from typing import Any, Literal
 GPT2_VOCAB = 50257  # GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
 SECTIONS = ("data", "tokenize", "model", "train", "eval", "generate", "tracking", "serve", "scaling")
 # Sections a profile may leave out (they then take params.yaml's values): only the scaling stage reads
-# `scaling`, and DVC tracks it from params.yaml alone (that stage re-runs every time: see dvc.yaml).
-OPTIONAL_SECTIONS = ("scaling",)
+# `scaling`, and DVC tracks it from params.yaml alone (that stage re-runs every time: see dvc.yaml); only
+# `gptlab serve` reads `serve`, which no stage depends on.
+OPTIONAL_SECTIONS = ("scaling", "serve")
 
 
 @dataclass(frozen=True)
