@@ -28,7 +28,7 @@ export GIT_PYTHON_REFRESH ?= quiet
 	check-python FORCE
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 # The interpreter is checked before anything is created or downloaded (pyproject: requires-python >= 3.11).
 check-python:
@@ -91,7 +91,7 @@ demo-next:  ## the results table and the next commands (what `make demo` ends wi
 lint: env  ## ruff: pyflakes, import order, pyupgrade, bugbear (pyproject.toml [tool.ruff])
 	$(BIN)/ruff check .
 
-layout: env  ## regenerate README.md's layout section from the folders
+layout: env  ## regenerate the layout section of docs/architecture.md from the folders
 	$(BIN)/python tests/layout.py --write
 
 test: env tokenizer lint  ## lint, then the whole test suite, offline (slow tests included, as in CI)
