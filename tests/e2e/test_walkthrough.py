@@ -107,7 +107,7 @@ def test_two_experiments_compared_promoted_served_and_rolled_back(repo: Path, mo
     assert {r.data.tags["dvc.exp_name"]: r.data.tags["dvc.exp_baseline"] for r in runs} == {"short": baseline,
                                                                                          "long": baseline}
     versions = {v.version: v for v in client.search_model_versions("name='gptlab-demo'")}
-    assert {n: versions[n].tags["dvc.exp_name"] for n in versions} == {"1": "short", "2": "long"}
+    assert {str(n): versions[n].tags["dvc.exp_name"] for n in versions} == {"1": "short", "2": "long"}
     assert not client.search_registered_models("name='gptlab'")
     rows = json.loads(_gptlab(repo, "models", "--json").stdout)
     assert [(r["version"], r["dvc_exp"], r["baseline"]) for r in rows] == [("2", "long", baseline),
@@ -143,5 +143,5 @@ def test_two_experiments_compared_promoted_served_and_rolled_back(repo: Path, mo
     assert "not promoted to champion" in refused.stderr and "--force" in refused.stderr
     back = json.loads(_gptlab(repo, "promote", "--version", "1", "--force").stdout)
     assert (back["version"], back["previous"], back["outcome"]) == ("1", "2", "forced")
-    assert client.get_model_version_by_alias("gptlab-demo", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("gptlab-demo", "champion").version) == "1"
     assert client.get_model_version("gptlab-demo", "1").tags["promotion.champion.outcome"] == "forced"
