@@ -23,6 +23,9 @@ TINY = [
     "train.eval_interval=20", "train.eval_iters=2", "train.log_interval=10",
     "eval.batch_size=64", "eval.device=cpu", "eval.dtype=float32", "generate.max_new_tokens=12",
     "generate.num_samples=2",
+    # The demo profile logs to its own experiment and registered model (gptlab-demo); the tests' tiny runs keep
+    # the seed's names, which they look up. tests/e2e/test_walkthrough.py runs under the demo's own.
+    "tracking.experiment=gptlab", "tracking.registered_model=gptlab",
 ]
 
 

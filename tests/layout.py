@@ -1,7 +1,8 @@
-"""The README's layout section, generated from the folders: each package, its modules, its docstring's gist.
+"""The layout section of docs/architecture.md, generated from the folders: each package, its modules, its
+docstring's gist.
 
     python tests/layout.py            print the section
-    python tests/layout.py --write    rewrite it in README.md (`make layout`)
+    python tests/layout.py --write    rewrite it in docs/architecture.md (`make layout`)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "architecture.md"
 BEGIN, END = "<!-- layout: generated from the folders by `make layout` -->", "<!-- /layout -->"
 TOP = ("dvc.yaml  params.yaml  profiles/  pyproject.toml  constraints.txt  Makefile  prefect.yaml  .ci/run",)
 
@@ -59,6 +61,6 @@ def rewrite(readme: Path) -> bool:
 
 if __name__ == "__main__":
     if "--write" in sys.argv:
-        print("README.md layout " + ("rewritten" if rewrite(REPO / "README.md") else "already up to date"))
+        print("docs/architecture.md layout " + ("rewritten" if rewrite(DOC) else "already up to date"))
     else:
         print(section())

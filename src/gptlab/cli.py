@@ -99,9 +99,12 @@ def _models(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         return None
     from tabulate import tabulate
 
-    short = [{**r, "run_id": r["run_id"][:8], "val_sha256": r["val_sha256"][:12]} for r in rows]
+    short = [{**r, "run_id": r["run_id"][:8], "val_sha256": r["val_sha256"][:12], "baseline": r["baseline"][:7]}
+             for r in rows]
     print(f"{cfg.tracking.registered_model} in {store.uri}")
-    print(tabulate(short, headers="keys", tablefmt="github", floatfmt=".4g", missingval="-"))
+    # Hashes and names stay text: a short sha such as "1e50000" would otherwise print as a number.
+    text = [i for i, key in enumerate(short[0]) if key in ("run_id", "val_sha256", "baseline", "dvc_exp")]
+    print(tabulate(short, headers="keys", tablefmt="github", floatfmt=".4g", missingval="-", disable_numparse=text))
     return None
 
 
@@ -255,11 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alias", default="champion", help="alias of the version to score (default: champion)")
     p.add_argument("--version", default=None, help="version to score (instead of --alias)")
     p.set_defaults(func=_rescore)
-    p = sub.add_parser("models", help="list registered versions: aliases, val perplexity, val split, promotions")
+    p = sub.add_parser("models", help="list registered versions: aliases, DVC experiment and baseline commit, "
+                       "val perplexity, val split, promotions")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_models)
-    p = sub.add_parser("serve", help="serve models:/gptlab@champion over HTTP (mlflow models serve, loopback)",
+    p = sub.add_parser("serve", help="serve models:/<tracking.registered_model>@champion over HTTP (mlflow models serve, loopback; the seed's model is gptlab, the demo's gptlab-demo)",
                        description="Serve models:/NAME@ALIAS with `mlflow models serve` on loopback. A request's "
                        "params (max_new_tokens, temperature, top_k, top_p, seed) follow the generate section's "
                        "rules; max_new_tokens, prompt tokens and prompts per request are capped by serve.*; "

@@ -22,12 +22,12 @@ def test_readme_commands_exist_in_the_cli():
         assert target in readme
 
 
-def test_readme_layout_is_generated_from_the_folders():
-    from ..layout import BEGIN, END, section
+def test_the_layout_doc_is_generated_from_the_folders():
+    from ..layout import BEGIN, DOC, END, section
 
-    readme = (REPO / "README.md").read_text()
-    current = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
-    assert current == section(), "README.md's layout is stale: run `make layout`"
+    text = DOC.read_text()
+    current = text[text.index(BEGIN) : text.index(END) + len(END)]
+    assert current == section(), f"{DOC.relative_to(REPO)}'s layout is stale: run `make layout`"
 
 
 def test_ci_runs_the_readme_test_command():

@@ -205,13 +205,13 @@ def test_a_params_yaml_value_the_profile_shadows_fails_before_any_work_and_print
 @pytest.mark.parametrize("key, value", [
     ("train.max_iters", 5),             # a training setting the demo profile sets
     ("generate.prompts", ["Hi"]),       # a list the demo profile sets
-    ("tracking.experiment", "mine"),    # a section the demo profile leaves empty: honoured
+    ("tracking.promote_margin", 0.05),  # a value the demo profile leaves to params.yaml: honoured
 ])
 def test_every_value_a_profile_sets_is_checked_and_only_those(project: Path, key, value):
     _git_project(project)
     _edit_params(project, profile="demo", **{key.replace(".", "__"): value})
-    if key == "tracking.experiment":
-        assert load_config(project / "params.yaml").tracking.experiment == "mine"
+    if key == "tracking.promote_margin":
+        assert load_config(project / "params.yaml").tracking.promote_margin == 0.05
         return
     with pytest.raises(ConfigError, match=re.escape(f"`{key}: ")) as refused:
         load_config(project / "params.yaml")

@@ -30,7 +30,10 @@ from gptlab.tracking.provenance import code_fingerprint, package_versions
 from gptlab.tracking.store import Store
 from gptlab.tracking.tracker import Tracker
 
+from ..conftest import TINY
 from ..servers import free_port, wait_for_http
+
+NAMES = [x for o in TINY if o.startswith("tracking.") for x in ("-S", o)]  # the registry tiny_cfg's runs use
 
 
 @pytest.fixture
@@ -51,7 +54,7 @@ def evaluated(trained):
 
 
 def _cli(capsys, project: Path, *args: str) -> tuple[int, str, str]:
-    code = main([args[0], "--params", str(project / "params.yaml"), "-S", "profile=demo", *args[1:]])
+    code = main([args[0], "--params", str(project / "params.yaml"), "-S", "profile=demo", *NAMES, *args[1:]])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -303,7 +306,8 @@ def test_a_new_val_split_rescores_the_champion_before_the_gate(evaluated, tiny_c
 
 def _gptlab(project: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gptlab", *args, "--params", str(project / "params.yaml"),
-                           "-S", "profile=demo"], cwd=project, capture_output=True, text=True, timeout=timeout)
+                           "-S", "profile=demo", *NAMES], cwd=project, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def test_an_alias_whose_version_is_gone_is_explained(evaluated, capsys):

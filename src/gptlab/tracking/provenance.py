@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -39,6 +40,23 @@ def git_state(root: str | Path = ".") -> dict[str, Any]:
     sha = _git("rev-parse", "HEAD", cwd=root)
     status = _git("status", "--porcelain", "--untracked-files=no", cwd=root)
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+# The tags that link an MLflow run and its registered version to the DVC experiment that made them.
+EXP_NAME_TAG = "dvc.exp_name"  # `dvc exp show` / `dvc exp apply NAME`
+EXP_BASELINE_TAG = "dvc.exp_baseline"  # the commit the experiment was run on top of
+
+
+def dvc_experiment() -> dict[str, str]:
+    """The DVC experiment this stage runs in, as tags: its name and baseline commit; empty outside one.
+
+    `dvc exp run` (and `dvc queue start`) hands every stage command ``DVC_EXP_NAME`` and
+    ``DVC_EXP_BASELINE_REV`` (dvc/repo/experiments/queue/base.py); a plain `dvc repro` or `gptlab <stage>` sets
+    neither. Both experiments of one baseline share a git commit, so the name is what tells them apart.
+    """
+    tags = {EXP_NAME_TAG: os.environ.get("DVC_EXP_NAME", ""),
+            EXP_BASELINE_TAG: os.environ.get("DVC_EXP_BASELINE_REV", "")}
+    return {key: value for key, value in tags.items() if value}
 
 
 def dvc_lock_hashes(root: str | Path = ".", stage: str | None = None) -> dict[str, str]:

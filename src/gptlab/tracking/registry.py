@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from gptlab.settings import Config
 from gptlab.tracking.evidence import CONFIG_TAG, SEED_TAG, configuration_sha256
-from gptlab.tracking.provenance import package_versions
+from gptlab.tracking.provenance import EXP_BASELINE_TAG, EXP_NAME_TAG, dvc_experiment, package_versions
 from gptlab.tracking.store import Store, TrackingError, short
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def register_checkpoint(tracker: Tracker, cfg: Config, *, checkpoint_dir: str | 
             alias=CANDIDATE,
             tokenizer=Path(tokenizer_file).name,
             version_tags={"gptlab.profile": cfg.profile, CONFIG_TAG: configuration_sha256(cfg.to_dict()),
-                          SEED_TAG: str(cfg.train.seed)},
+                          SEED_TAG: str(cfg.train.seed), **dvc_experiment()},
             input_example={"prompts": [g.prompts[0]],
                            "params": {"max_new_tokens": g.max_new_tokens, "temperature": g.temperature,
                                       "top_k": g.top_k, "top_p": g.top_p, "seed": g.seed}},
@@ -211,6 +211,8 @@ def list_models(store: Store, name: str) -> list[dict[str, Any]]:
             "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
             "run_id": v.run_id,
             "profile": tags.get("gptlab.profile", ""),
+            "dvc_exp": tags.get(EXP_NAME_TAG, ""),  # empty: trained outside `dvc exp run`
+            "baseline": tags.get(EXP_BASELINE_TAG, ""),
             "val_ppl": float(tags["val_ppl"]) if tags.get("val_ppl") else None,
             "val_loss": float(tags["val_loss"]) if tags.get("val_loss") else None,
             "val_sha256": tags.get("val_sha256", ""),

@@ -22,7 +22,14 @@ from mlflow.exceptions import MlflowException
 
 from gptlab.settings import Config
 from gptlab.tracking.evidence import CONFIG_TAG, configuration_sha256
-from gptlab.tracking.provenance import code_fingerprint, dvc_lock_hashes, git_state, package_versions, write_provenance
+from gptlab.tracking.provenance import (
+    code_fingerprint,
+    dvc_experiment,
+    dvc_lock_hashes,
+    git_state,
+    package_versions,
+    write_provenance,
+)
 from gptlab.tracking.store import Store, TrackingError, short
 from gptlab.tracking.tracker import Tracker
 
@@ -40,6 +47,7 @@ def run_tags(cfg: Config, stage: str, root: str | Path = ".") -> dict[str, str]:
         "mlflow.source.git.commit": git["sha"] or "unknown",
         "gptlab.git_dirty": str(git["dirty"]).lower(),
         "gptlab.code_sha256": code_fingerprint(),
+        **dvc_experiment(),
     }
     for key, digest in dvc_lock_hashes(root, stage="tokenize").items():
         tags[f"dvc.{key}"] = digest
