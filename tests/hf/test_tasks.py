@@ -73,4 +73,7 @@ def test_unavailable_and_disabled_tasks_are_reported_with_the_reason(tiny_cfg, t
     lambada, _ = write_task_files(tmp_path)
     tasks = load_tasks(replace(tiny_cfg, eval={"lambada": f"local:{lambada}", "wikitext": "none"}).eval)
     assert tasks.texts["lambada"] == LAMBADA_TEXTS
-    assert tasks.unavailable == {"wikitext": "`eval.wikitext` is none"}
+    assert tasks.unavailable["wikitext"] == "`eval.wikitext` is none"
+    # The seed's pinned HellaSwag file is not in the (empty, offline) hub cache: not measured, and why.
+    assert "`eval.hellaswag: local:PATH`" in tasks.unavailable["hellaswag"] and set(tasks.unavailable) == {
+        "wikitext", "hellaswag"}

@@ -1,5 +1,10 @@
 """Perplexity over the whole validation split, in deterministic non-overlapping windows, plus the unigram floor.
 
+With a ``stride`` (``eval.stride``) the windows overlap instead, as transformers' perplexity guide
+("Perplexity of fixed-length models") computes it: windows of ``context`` inputs start every ``stride`` tokens
+and each scores only the targets the previous window did not, so a target sees at least ``context - stride + 1``
+tokens of history (the first window's targets excepted). ``stride == context`` gives the non-overlapping windows.
+
 Every model is scored by this code: ours, and the GPT-2 baselines after :mod:`gptlab.hf` loads them into our
 GPT. The forward runs under ``torch.inference_mode`` (no autograd bookkeeping), in batches larger than training's,
 with bf16 autocast where supported, and without a host sync per batch; ``benchmarks/bench_eval.py`` measures it
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,6 +42,8 @@ class Perplexity:
     tokens: int
     """Tokens scored."""
     seconds: float = 0.0
+    stride: int | None = None
+    """``eval.stride`` of the windows: None for non-overlapping windows."""
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -71,10 +79,15 @@ def perplexity(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
     max_tokens: int | None = None,
+    stride: int | None = None,
 ) -> Perplexity:
-    """Score every token of ``tokens`` after the first, each exactly once, with windows of ``context``."""
+    """Score every token of ``tokens`` after the first, each exactly once, with windows of ``context``
+    (overlapping by ``context - stride`` tokens when a ``stride`` is given)."""
     if context > model.config.block_size:
         raise ValueError(f"context {context} exceeds the model's block_size {model.config.block_size}")
+    if stride is not None:
+        return _strided_perplexity(model, tokens, context=context, stride=stride, batch_size=batch_size,
+                                   device=device, dtype=dtype, max_tokens=max_tokens)
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per batch
@@ -91,6 +104,57 @@ def perplexity(
         raise DataError("no tokens to score: the validation split needs at least 2 tokens")
     mean = total.item() / count
     return Perplexity(loss=mean, ppl=math.exp(mean), tokens=count, seconds=time.perf_counter() - start)
+
+
+def strided_windows(
+    tokens: np.ndarray, *, context: int, stride: int, batch_size: int, max_tokens: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``(x, y, scored)`` batches of windows starting every ``stride`` tokens; ``scored[i]`` is how many of row
+    i's last targets are new (not scored by an earlier window). Rows of one batch have one length; a shorter
+    last window comes alone."""
+    if not 0 < stride <= context:
+        raise ValueError(f"stride {stride} must be in 1..context ({context})")
+    n = len(tokens) if max_tokens is None else min(len(tokens), max_tokens + 1)
+    windows, scored_until = [], 1  # token 0 is never a target
+    for begin in range(0, max(n - 1, 0), stride):
+        end = min(begin + context + 1, n)
+        windows.append((begin, end, end - scored_until))
+        scored_until = end
+        if end == n:
+            break
+    full = [w for w in windows if w[1] - w[0] == context + 1]
+    for i in range(0, len(full), batch_size):
+        chunk = full[i : i + batch_size]
+        rows = np.stack([np.asarray(tokens[b:e]) for b, e, _ in chunk])
+        yield rows[:, :-1], rows[:, 1:], np.array([k for _, _, k in chunk])
+    for b, e, k in windows[len(full) :]:
+        row = np.asarray(tokens[b:e])[None, :]
+        yield row[:, :-1], row[:, 1:], np.array([k])
+
+
+def _strided_perplexity(
+    model: GPT, tokens: np.ndarray, *, context: int, stride: int, batch_size: int, device: torch.device,
+    dtype: torch.dtype, max_tokens: int | None,
+) -> Perplexity:
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    start = time.perf_counter()
+    with autocast(device, dtype):
+        for x, y, scored in strided_windows(tokens, context=context, stride=stride, batch_size=batch_size,
+                                            max_tokens=max_tokens):
+            logp, _ = target_logprobs(model(to_device(x, device)).logits, to_device(y, device))  # (B, T)
+            T = y.shape[1]
+            mask = torch.arange(T, device=device)[None, :] >= (T - torch.from_numpy(scored).to(device))[:, None]
+            total -= torch.where(mask, logp.double(), 0.0).sum()
+            count += int(scored.sum())
+    model.train(was_training)
+    if count == 0:
+        raise DataError("no tokens to score: the validation split needs at least 2 tokens")
+    mean = total.item() / count
+    return Perplexity(loss=mean, ppl=math.exp(mean), tokens=count, seconds=time.perf_counter() - start,
+                      stride=stride)
 
 
 def unigram_floor(counts: np.ndarray, tokens: np.ndarray, *, max_tokens: int | None = None) -> Perplexity:

@@ -1,5 +1,6 @@
 """The evaluate stage: the trained model's loss and perplexity over the whole val split, the unigram floor,
-LAMBADA and WikiText-103 → ``metrics/eval.json``, recorded in the training's MLflow run and on its version."""
+LAMBADA, WikiText-103 and HellaSwag → ``metrics/eval.json`` and their per-item scores →
+``metrics/eval_examples.npz``, recorded in the training's MLflow run and on its version."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from gptlab.data.tokenizer import get_encoding
 from gptlab.fileio import read_json, write_json
 from gptlab.pipeline.commandline import stage_main
 from gptlab.pipeline.comparison import (
+    TASK_NAMES,
     context_metrics,
     eval_device,
     load_tasks,
@@ -22,6 +24,7 @@ from gptlab.pipeline.comparison import (
     score_val,
     val_tags,
 )
+from gptlab.pipeline.examples import EVAL_EXAMPLES, write_examples
 from gptlab.pipeline.paths import Paths
 from gptlab.settings import Config
 from gptlab.tracking.runs import recording
@@ -35,25 +38,31 @@ def score(cfg: Config, paths: Paths) -> dict[str, Any]:
     device, dtype = eval_device(cfg.eval)
     model, ckpt = load_model(paths.model, device=device)
     tokens = TokenSet.open(paths.tokens, verify=True)
-    result = score_val(model, tokens, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    result = score_val(model, tokens, batch_size=cfg.eval.batch_size, device=device, dtype=dtype,
+                       stride=cfg.eval.stride)
     return {**result, "checkpoint_step": ckpt.step}
 
 
 def score_downstream(cfg: Config, paths: Paths) -> dict[str, Any]:
-    """LAMBADA and WikiText-103 of the trained model at its own context (or why they are not measured)."""
+    """LAMBADA, WikiText-103 and HellaSwag of the trained model at its own context (or why they are not
+    measured); ``per_item`` holds their per-item scores."""
     device, dtype = eval_device(cfg.eval)
     tasks = load_tasks(cfg.eval)
     model, _ = load_model(paths.model, device=device)
     encode = get_encoding(cfg.tokenize.tokenizer).encode_ordinary
-    results = measure_tasks(model, tasks, context=model.config.block_size, encode=encode,
-                            batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
-    return {**results, "tasks": tasks.provenance}
+    measurement = measure_tasks(model, tasks, context=model.config.block_size, encode=encode,
+                                batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    return {**measurement.results, "tasks": tasks.provenance, "per_item": measurement.per_item}
 
 
 def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
-    """``metrics/eval.json``, then the metrics in the training's run and the val tags on its version."""
+    """``metrics/eval.json`` and ``metrics/eval_examples.npz``, then the metrics in the training's run and the
+    val tags on its version."""
+    per_item = result.get("per_item", {})
+    result = {k: v for k, v in result.items() if k != "per_item"}
     write_json(paths.metrics / "eval.json", result)
-    downstream = {task: result[task] for task in ("lambada", "wikitext") if task in result}
+    write_examples(paths.metrics / EVAL_EXAMPLES, per_item)
+    downstream = {task: result[task] for task in TASK_NAMES if task in result}
     by_context = context_metrics({"val": measured(result["model"]), **downstream}, result["context"])
     run = read_json(paths.model / "meta.json").get("mlflow_run_id")
     with recording(Store.at(paths.root), cfg, "evaluate", attach=run) as tracker:
@@ -68,6 +77,7 @@ def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
         })
         tracker.set_tags({"gptlab.val_sha256": result["val_sha256"], **not_measured_tags(downstream)})
         tracker.log_artifact(paths.metrics / "eval.json", artifact_path="metrics")
+        tracker.log_artifact(paths.metrics / EVAL_EXAMPLES, artifact_path="metrics")
         tracker.tag_versions(cfg.tracking.registered_model, val_tags(result))
 
 
