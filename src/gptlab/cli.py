@@ -177,7 +177,9 @@ def _export_hf(args: argparse.Namespace) -> dict[str, str]:
     model, ckpt = load_model(args.checkpoint)
     out = export_hf(model, args.out)
     return {"checkpoint": str(ckpt.path), "step": str(ckpt.step), "huggingface_folder": str(out),
-            "load_with": f"transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})"}
+            "load_with": f"transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}), "
+                         f"transformers.AutoTokenizer.from_pretrained({str(out)!r})",
+            "lm_eval": f"lm_eval --model hf --model_args pretrained={out} --tasks lambada_openai,hellaswag"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,10 +249,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_ui)
-    p = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face GPT-2 folder (transformers loads it)")
+    p = sub.add_parser(
+        "export-hf", help="write a checkpoint as a self-contained Hugging Face GPT-2 folder (weights + tokenizer)",
+        description="Write a gptlab checkpoint as a Hugging Face GPT-2 folder: config.json + model.safetensors "
+        "and GPT-2's tokenizer files (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json) "
+        "derived from the BPE tiktoken uses, so transformers (GPT2LMHeadModel, AutoTokenizer) and "
+        "lm-evaluation-harness (--model hf --model_args pretrained=OUT) load it offline.")
     p.add_argument("checkpoint", type=Path, nargs="?", default=Path("models/final"),
                    help="gptlab checkpoint directory (default: models/final)")
-    p.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
+    p.add_argument("out", type=Path, help="folder to write the weights and tokenizer files into")
     p.set_defaults(func=_export_hf)
     p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines)")
     p.add_argument("source", type=Path, help="a gpt2.tiktoken / r50k_base.tiktoken file, or the openai-whisper sdist")
