@@ -87,3 +87,17 @@ def test_a_stride_of_the_whole_context_is_the_non_overlapping_windows():
     assert strided.tokens == plain.tokens and strided.loss == pytest.approx(plain.loss, rel=1e-6)
     one = perplexity(model, tokens, context=16, batch_size=3, device=torch.device("cpu"), stride=1)
     assert one.loss != pytest.approx(plain.loss, rel=1e-6)  # more history changes the numbers
+
+
+def test_target_logprobs_are_float32_exact_for_a_gpt2_sized_vocabulary():
+    # The (B, V, T) cross-entropy layout was off by up to 7e-5 here (2e-3 nats on a trained model's logits, on
+    # torch 2.13's CPU kernel): enough to break parity with lm-eval at 1e-5. A float64 log-softmax is the truth.
+    from gptlab.core.evaluate import target_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 13, 50304, generator=gen) * 3
+    targets = torch.randint(0, 50304, (2, 13), generator=gen)
+    reference = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets[..., None])[..., 0]
+    logp, hits = target_logprobs(logits, targets, greedy=True)
+    torch.testing.assert_close(logp.double(), reference, atol=1e-5, rtol=0)
+    assert torch.equal(hits, logits.argmax(-1) == targets)

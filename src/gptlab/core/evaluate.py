@@ -63,7 +63,9 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, greedy: bool
     for i in range(0, B, rows):
         chunk = logits[i : i + rows].float()  # (b, T, V)
         target = targets[i : i + rows]  # (b, T)
-        logp[i : i + rows] = -F.cross_entropy(chunk.transpose(1, 2), target, reduction="none")
+        # Rows of (b·T, V), not the (b, V, T) layout: torch's CPU kernel for a class dimension that is not last
+        # loses precision (up to ~2e-3 nats per token on torch 2.13; tests/core/test_evaluate.py).
+        logp[i : i + rows] = -F.cross_entropy(chunk.reshape(-1, V), target.reshape(-1), reduction="none").view_as(target)
         if hits is not None:
             hits[i : i + rows] = chunk.argmax(dim=-1) == target
     return logp, hits
