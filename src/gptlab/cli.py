@@ -27,10 +27,10 @@ STAGE_HELP = {
     "download": "fetch the corpus named by data.source into data/raw/ (an interrupted hub download resumes)",
     "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json); a killed run resumes",
     "train": "train (or resume from models/checkpoints/) → models/final/, MLflow run, version with alias `candidate`",
-    "evaluate": "val loss / perplexity over the whole val split, unigram floor, LAMBADA, WikiText-103 "
-                "→ metrics/eval.json",
-    "baselines": "GPT-2 (eval.baselines) on the same val split, LAMBADA and WikiText-103 at eval.contexts, "
-                 "plus samples → baselines/; one MLflow run each",
+    "evaluate": "val loss / perplexity over the whole val split, unigram floor, LAMBADA, WikiText-103, HellaSwag "
+                "→ metrics/eval.json (+ per-item scores, metrics/eval_examples.npz)",
+    "baselines": "GPT-2 (eval.baselines) on the same val split, LAMBADA, WikiText-103 and HellaSwag at "
+                 "eval.contexts, plus samples → baselines/; one MLflow run each",
     "generate": "samples for every prompt → samples/samples.{json,md}",
     "report": "comparison table (ours, GPT-2 measured and published, unigram floor), plots, samples side by side "
               "→ reports/",
