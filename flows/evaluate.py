@@ -1,4 +1,5 @@
-"""The evaluate flow: score the trained model on the whole val split, LAMBADA and WikiText-103, then record it."""
+"""The evaluate flow: score the trained model on the whole val split, LAMBADA, WikiText-103 and HellaSwag, then
+record it."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = Non
     paths = Paths(Path(params).parent)
     result = {**score_task(cfg, paths), **downstream_task(cfg, paths)}
     record_task(cfg, paths, result)
-    return result
+    return {k: v for k, v in result.items() if k != "per_item"}  # the per-item arrays are in eval_examples.npz
 
 
 if __name__ == "__main__":

@@ -145,6 +145,13 @@ def encode_pair(encode: Encode, context: str, continuation: str, *, eot: int = E
     return context_ids, encode(context + continuation)[len(context_ids) :]
 
 
+def pair_request(context_ids: list[int], continuation_ids: list[int], *, context: int) -> Request:
+    """The continuation scored after its context; a context longer than the model's is cut from the left, as
+    lm-eval does (``(context + continuation)[-(max_length + 1):]``)."""
+    tokens = (context_ids + continuation_ids)[-(context + 1) :]
+    return Request(tokens, min(len(continuation_ids), len(tokens) - 1))
+
+
 def lambada_requests(texts: Sequence[str], encode: Encode, *, context: int, eot: int = EOT) -> list[Request]:
     """One request per passage; a context longer than the model's is cut from the left (as lm-eval does)."""
     requests = []
@@ -152,8 +159,7 @@ def lambada_requests(texts: Sequence[str], encode: Encode, *, context: int, eot:
         ctx, cont = encode_pair(encode, *split_last_word(text), eot=eot)
         if not cont:
             raise DataError(f"LAMBADA passage without a last word: {text[-60:]!r}")
-        tokens = (ctx + cont)[-(context + 1) :]
-        requests.append(Request(tokens, min(len(cont), len(tokens) - 1)))
+        requests.append(pair_request(ctx, cont, context=context))
     return requests
 
 
@@ -304,8 +310,7 @@ def choice_requests(items: Sequence[MultipleChoice], encode: Encode, *, context:
     for item in items:
         for choice in item.choices:
             ctx, cont = encode_pair(encode, item.query, " " + choice, eot=eot)
-            tokens = (ctx + cont)[-(context + 1) :]
-            requests.append(Request(tokens, min(len(cont), len(tokens) - 1)))
+            requests.append(pair_request(ctx, cont, context=context))
     return requests
 
 

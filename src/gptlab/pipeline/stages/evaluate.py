@@ -86,7 +86,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     record(cfg, paths, result)
     log.info("evaluate: val ppl %.2f over %d tokens (unigram floor %.2f)",
              result["model"]["ppl"], result["model"]["tokens"], result["unigram"]["ppl"])
-    return result
+    return {k: v for k, v in result.items() if k != "per_item"}  # what eval.json holds (printed as JSON)
 
 
 if __name__ == "__main__":
