@@ -25,6 +25,7 @@ import torch
 from gptlab.core.evaluate import perplexity
 from gptlab.core.hardware import autocast, resolve_device, resolve_dtype
 from gptlab.core.model import GPT
+from gptlab.pipeline.commandline import prepare_environment
 from gptlab.pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +70,7 @@ def train_step_rate(model: GPT, *, batch: int, context: int, steps: int, device:
 
 
 def main() -> None:
+    prepare_environment(REPO)  # the seeded BPE, telemetry off: as under make
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4_400_000, help="val tokens to score (default: 4.4M)")
     parser.add_argument("--batch-size", type=int, default=None, help="eval windows per forward (default: eval.batch_size)")

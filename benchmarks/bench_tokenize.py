@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gptlab.pipeline.commandline import prepare_environment
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TEXT = REPO / ".." / "shared" / "data" / "tinyshakespeare.txt"
 DOC_CHARS = 4_700
@@ -149,6 +151,7 @@ def run(code: str, *args: str) -> dict[str, float]:
 
 
 def main() -> None:
+    prepare_environment(REPO)  # the seeded BPE, telemetry off: as under make
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("text", nargs="?", type=Path, default=DEFAULT_TEXT, help="any UTF-8 text file")
     parser.add_argument("--sizes", nargs=2, type=int, default=[10, 100], metavar=("SMALL_MB", "BIG_MB"))

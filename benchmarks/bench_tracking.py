@@ -23,6 +23,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 import torch  # noqa: E402
 
 from gptlab.core.model import GPT  # noqa: E402
+from gptlab.pipeline.commandline import prepare_environment  # noqa: E402
 from gptlab.settings import ModelConfig  # noqa: E402
 from gptlab.tracking.store import Store  # noqa: E402
 from gptlab.tracking.tracker import Tracker  # noqa: E402
@@ -64,6 +65,7 @@ def _step_ms() -> float:
 
 
 def main() -> None:
+    prepare_environment(Path(__file__).resolve().parents[1])  # the seeded BPE, telemetry off: as under make
     logging.disable(logging.WARNING)  # the "unreachable" warning is expected below
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -38,6 +38,7 @@ from gptlab.core.model import GPT
 from gptlab.core.train import train, use_compile
 from gptlab.data.loader import TokenSet
 from gptlab.data.shards import read_shard
+from gptlab.pipeline.commandline import prepare_environment
 from gptlab.pipeline.config import load_config
 from gptlab.pipeline.paths import Paths
 from gptlab.pipeline.stages import download, tokenize
@@ -126,6 +127,7 @@ def flush_cost(root: Path, metrics: int = 200, repeats: int = 5) -> float:
 
 
 def main() -> None:
+    prepare_environment(Path(__file__).resolve().parents[1])  # the seeded BPE, telemetry off: as under make
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed optimizer steps per round and loop")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (torch.compile runs there)")

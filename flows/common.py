@@ -7,7 +7,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from gptlab.pipeline.commandline import add_config_args, configure_logging, run_guarded
+from prefect.context import refresh_global_settings_context
+
+from gptlab.pipeline.commandline import add_config_args, configure_logging, prepare_environment, run_guarded
 from gptlab.pipeline.config import load_config
 
 
@@ -16,6 +18,9 @@ def main(flow: Callable[..., Any], description: str) -> None:
     parser = argparse.ArgumentParser(prog=f"python -m {flow.__module__}", description=description)
     add_config_args(parser)
     args = parser.parse_args()
+    prepare_environment(args.params.parent)
+    # Prefect read its settings when the flow module imported it, before PREFECT_HOME could be chosen: again.
+    refresh_global_settings_context()
     configure_logging()
 
     def run() -> Any:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from gptlab.settings import SECTIONS
+
 from .conftest import REPO, TINY, committed_params, save_tiny_gpt2, write_hellaswag_file, write_task_files
 
 BIN = Path(sys.executable).parent
@@ -17,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 def _profile(overrides: list[str]) -> dict:
     """A profile file (every section present) from `-S`-style overrides."""
-    tree: dict = {s: {} for s in ("data", "tokenize", "model", "train", "eval", "generate", "tracking")}
+    tree: dict = {s: {} for s in SECTIONS}
     tree["data"]["source"] = "demo"
     tree["data"]["expected_docs"] = None  # the seed's 8,013,769 is OpenWebText's count
     for item in overrides:

@@ -7,6 +7,7 @@ Logging is configured here and nowhere else in the library.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -16,7 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gptlab.pipeline.commandline import add_config_args, config_from_args, configure_logging, run_guarded
+from gptlab.pipeline.commandline import (
+    BPE_CACHE,
+    add_config_args,
+    config_from_args,
+    configure_logging,
+    prepare_environment,
+    run_guarded,
+)
 
 if TYPE_CHECKING:
     from gptlab.tracking.store import Store
@@ -102,12 +110,14 @@ def _exec(cmd: list[str]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from gptlab.tracking.pyfunc import LIMITS_ENV
     from gptlab.tracking.registry import serve_command
 
     cfg = config_from_args(args)
     store = _store(args)
     cmd = serve_command(store, cfg.tracking.registered_model, args.alias, host=args.host, port=args.port)
     os.environ["MLFLOW_TRACKING_URI"] = store.uri
+    os.environ[LIMITS_ENV] = json.dumps(dataclasses.asdict(cfg.serve))  # the served model refuses beyond these
     print(f"serving models:/{cfg.tracking.registered_model}@{args.alias} on http://{args.host}:{args.port}/invocations"
           f"  ({' '.join(cmd)})", file=sys.stderr)
     _exec(cmd)
@@ -165,6 +175,8 @@ def _ui(args: argparse.Namespace) -> int:
 def _seed_tokenizer(args: argparse.Namespace) -> dict[str, str]:
     from gptlab.data.tokenizer import get_encoding, seed_cache
 
+    if not any(os.environ.get(var) for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR")):
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(Path.cwd() / BPE_CACHE)  # where every entry point looks
     target = seed_cache(args.source)
     ids = get_encoding("gpt2").encode_ordinary("Hello world")
     return {"cache_file": str(target), "check": f"'Hello world' -> {ids}"}
@@ -220,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_models)
-    p = sub.add_parser("serve", help="serve models:/gptlab@champion over HTTP (mlflow models serve, loopback)")
+    p = sub.add_parser("serve", help="serve models:/gptlab@champion over HTTP (mlflow models serve, loopback)",
+                       description="Serve models:/NAME@ALIAS with `mlflow models serve` on loopback. A request's "
+                       "params (max_new_tokens, temperature, top_k, top_p, seed) follow the generate section's "
+                       "rules; max_new_tokens, prompt tokens and prompts per request are capped by serve.*; "
+                       "anything else is refused with HTTP 400 naming the param, its value and the allowed range.")
     add_config_args(p)
     p.add_argument("--alias", default="champion", help="alias to serve (default: champion)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
@@ -259,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptlab checkpoint directory (default: models/final)")
     p.add_argument("out", type=Path, help="folder to write the weights and tokenizer files into")
     p.set_defaults(func=_export_hf)
-    p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines)")
+    p = sub.add_parser("seed-tokenizer", help="put GPT-2's BPE file into tiktoken's cache (offline machines): "
+                       "TIKTOKEN_CACHE_DIR, else .cache/tiktoken here, where every gptlab entry point looks")
     p.add_argument("source", type=Path, help="a gpt2.tiktoken / r50k_base.tiktoken file, or the openai-whisper sdist")
     p.set_defaults(func=_seed_tokenizer)
     return parser
@@ -267,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prepare_environment(getattr(args, "params", Path("params.yaml")).parent)
     configure_logging(args.verbose)
     return run_guarded(lambda: args.func(args))
 

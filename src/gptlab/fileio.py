@@ -6,8 +6,8 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,17 +30,33 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _new_beside(path: Path, *, directory: bool) -> Path:
+    """A new, uniquely named temp file or directory beside ``path``, with the mode a plain ``open()`` or
+    ``mkdir()`` gives under the current umask (``mkstemp``'s 0600 and ``mkdtemp``'s 0700 would survive the
+    rename: another user of a shared box could not read the outputs beside files they can read)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            if directory:
+                os.mkdir(tmp, 0o777)  # the kernel applies the umask to both modes
+            else:
+                os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"no free temp name beside {path}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync and rename it into place, else delete it.
 
-    A reader never sees a half-written file: it sees the old one or the complete new one.
+    A reader never sees a half-written file: it sees the old one or the complete new one. The file gets the
+    mode a plain ``open()`` would give it under the current umask.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_beside(path, directory=False)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -53,10 +69,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a fresh temp directory beside ``path``; on success it replaces ``path`` whole."""
+    """Yield a fresh temp directory beside ``path``; on success it replaces ``path`` whole (mode as ``mkdir``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = _new_beside(path, directory=True)
     try:
         yield tmp
         replace_dir(tmp, path)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 GPT2_VOCAB = 50257  # GPT-2 BPE: 50,000 merges + 256 bytes + <|endoftext|>
-SECTIONS = ("data", "tokenize", "model", "train", "eval", "generate", "tracking")
+SECTIONS = ("data", "tokenize", "model", "train", "eval", "generate", "tracking", "serve")
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,20 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """``serve``: limits on one request to the served model (``gptlab serve``), so that no request can hold a
+    worker for minutes. A request over a limit is refused with HTTP 400 naming the param, its value and the
+    allowed range; the sampling params follow the ``generate`` section's rules."""
+
+    max_new_tokens: int
+    """Largest ``max_new_tokens`` a request may ask for."""
+    max_prompt_tokens: int
+    """Longest prompt accepted, in GPT-2 tokens (the model reads at most ``model.block_size`` of them)."""
+    max_prompts: int
+    """Most prompts in one request (each is generated in turn)."""
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole resolved experiment."""
 
@@ -221,6 +235,7 @@ class Config:
     eval: EvalConfig
     generate: GenerateConfig
     tracking: TrackingConfig
+    serve: ServeConfig
 
     @property
     def tokens_per_step(self) -> int:
@@ -242,6 +257,7 @@ SECTION_TYPES: dict[str, type] = {
     "eval": EvalConfig,
     "generate": GenerateConfig,
     "tracking": TrackingConfig,
+    "serve": ServeConfig,
 }
 
 
@@ -400,6 +416,23 @@ def _check_generate_model(g: GenerateConfig, m: ModelConfig, p: list[str]) -> No
         p.append(f"`generate.top_k` ({g.top_k}) exceeds `model.vocab_size` ({m.vocab_size}); use 0 to disable")
 
 
+def _check_serve(s: ServeConfig, p: list[str]) -> None:
+    _bounds("serve", s, ["max_new_tokens", "max_prompt_tokens", "max_prompts"], p)
+
+
+def sampling_problems(g: GenerateConfig, m: ModelConfig, s: ServeConfig) -> list[str]:
+    """What is wrong with the sampling settings a request asks for (``g``: the model's ``generate`` section with
+    the request's params applied): the ``generate`` section's rules, then the ``serve`` limits. The served model
+    names them as its params (``top_p``, not ``generate.top_p``)."""
+    problems: list[str] = []
+    _check_generate(g, problems)
+    _check_generate_model(g, m, problems)
+    if g.max_new_tokens > s.max_new_tokens:
+        problems.append(f"`generate.max_new_tokens` must be ≤ {s.max_new_tokens} (the server's "
+                        f"serve.max_new_tokens), got {g.max_new_tokens}")
+    return [problem.replace("`generate.", "`") for problem in problems]
+
+
 # Checks on values, each run when the sections it reads were read without type errors, so one pass reports
 # type problems and value problems together.
 _CHECKS: list[tuple[tuple[str, ...], Any]] = [
@@ -410,6 +443,7 @@ _CHECKS: list[tuple[tuple[str, ...], Any]] = [
     (("eval",), _check_eval),
     (("generate",), _check_generate),
     (("tracking",), _check_tracking),
+    (("serve",), _check_serve),
     (("generate", "model"), _check_generate_model),
     (("eval", "model"), _check_eval_model),
 ]

@@ -10,7 +10,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gptlab.pipeline.commandline import add_config_args, config_from_args, configure_logging, run_guarded
+from gptlab.pipeline.commandline import (
+    add_config_args,
+    config_from_args,
+    configure_logging,
+    prepare_environment,
+    run_guarded,
+)
 from gptlab.pipeline.paths import Paths
 from gptlab.pipeline.stages.train import train_model
 
@@ -19,6 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptlab.worker", description=__doc__)
     add_config_args(parser)
     args = parser.parse_args(argv)
+    prepare_environment(args.params.parent)
     configure_logging()
 
     def run() -> dict[str, str] | None:

@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ..conftest import REPO, TINY
+from ..dvcrepo import BIN, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +67,45 @@ def test_evaluate_finishes_through_a_server_crash_and_sync_delivers_its_records(
     tags = client.get_model_version("gptlab", version.version).tags
     assert tags["val_sha256"] == evaluation["val_sha256"]
     assert float(tags["val_ppl"]) == pytest.approx(evaluation["model"]["ppl"], rel=1e-5)
+
+
+def test_the_whole_pipeline_outlives_a_server_stopped_and_started_again_partway(server, repo):
+    """`dvc repro` of every stage against a real server: killed once the data stages are done (train and evaluate
+    run without it), started again before the baselines. Every stage finishes; every record arrives."""
+    tiny = repo / "profiles" / "tiny.yaml"
+    profile = yaml.safe_load(tiny.read_text())
+    profile["tracking"] = {"flush_timeout": 3}  # the end of a stage waits this long for a server that is down
+    tiny.write_text(yaml.safe_dump(profile))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": server.uri, **FAIL_FAST,
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 1200
+    for ready, act in ((repo / "data" / "tokens" / "meta.json", server.kill),
+                       (repo / "metrics" / "eval.json", server.start)):
+        while not ready.exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the pipeline did not get that far in time"
+            time.sleep(0.2)
+        act()
+    out, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, out
+    assert stages_ran(out) == ["download", "tokenize", "train", "evaluate", "baselines", "generate", "report"]
+
+    synced, _ = _finish(_run(repo, "gptlab", "sync", env=env))  # what the outage kept, once the server is back
+    assert all(box["left"] == 0 for box in json.loads(synced)["runs"]), synced
+    assert not list((repo / ".gptlab" / "outbox").glob("*/records.jsonl"))
+    client = server.client()
+    experiment = client.get_experiment_by_name("gptlab").experiment_id
+    [run] = client.search_runs([experiment], filter_string="tags.`gptlab.stage` = 'train'")
+    evaluation = json.loads((repo / "metrics" / "eval.json").read_text())
+    assert run.data.metrics["eval/val_ppl"] == pytest.approx(evaluation["model"]["ppl"])
+    steps = json.loads((repo / "metrics" / "train.json").read_text())
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert len(history) == len({m.step for m in history}) == 9, steps  # every logged step, once
+    assert {"metrics", "samples", "report", "provenance"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    [version] = client.search_model_versions("name='gptlab'")
+    assert version.run_id == run.info.run_id and float(version.tags["val_ppl"]) == pytest.approx(
+        evaluation["model"]["ppl"], rel=1e-5)
+    assert str(client.get_model_version_by_alias("gptlab", "candidate").version) == str(version.version)
+    baselines = client.search_runs([experiment], filter_string="tags.`gptlab.stage` = 'baselines'")
+    assert baselines, "the baselines stage recorded no run"

@@ -171,3 +171,60 @@ def test_training_scale_settings_are_checked(project: Path):
                  "models:/gptlab@champion"):
         assert load_config(project / "params.yaml", [f"train.init={good}"]).train.init == good
     assert load_config(project / "params.yaml", ["train.compile=false"]).train.compile is False
+
+
+def _git_project(project: Path) -> Path:
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "the committed experiment"]):
+        subprocess.run(["git", *cmd], cwd=project, check=True, capture_output=True)
+    return project
+
+
+def _edit_params(project: Path, **values: object) -> None:
+    """Set dotted keys in params.yaml as `dvc exp run -S KEY=VALUE` does (it rewrites the file)."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for key, value in values.items():
+        *parents, leaf = key.split("__")
+        node = params
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_a_params_yaml_value_the_profile_shadows_fails_before_any_work_and_prints_the_command(project: Path):
+    # What `dvc exp run -S profile=demo -S data.source=local:my/corpus -S train.seed=7` writes into params.yaml:
+    # profiles/demo.yaml sets data.source: demo, which would silently win; train.seed is not in the profile.
+    _git_project(project)
+    _edit_params(project, profile="demo", data__source="local:my/corpus", train__seed=7)
+    with pytest.raises(ConfigError) as refused:
+        load_config(project / "params.yaml")
+    [problem] = refused.value.problems
+    assert "`data.source: local:my/corpus` (profiles/demo.yaml has demo)" in problem
+    assert "silently ignore" in problem and "train.seed" not in problem.split("dvc exp run")[0]
+    assert ("`git checkout params.yaml && dvc exp run -S profile=demo "
+            "-S profiles/demo.yaml:data.source=local:my/corpus -S train.seed=7`") in problem
+    # A command's -S beats the profile, so giving the value there is honoured, not refused.
+    assert load_config(project / "params.yaml", ["data.source=local:my/corpus"]).data.source == "local:my/corpus"
+    # The printed command does what it says: the value lands in the profile's file, and the run uses it.
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=project, check=True, capture_output=True)
+    _edit_params(project, profile="demo", train__seed=7)
+    demo = project / "profiles" / "demo.yaml"
+    demo.write_text(demo.read_text().replace("  source: demo", "  source: local:my/corpus"))
+    cfg = load_config(project / "params.yaml")
+    assert (cfg.profile, cfg.data.source, cfg.train.seed) == ("demo", "local:my/corpus", 7)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("train.max_iters", 5),             # a training setting the demo profile sets
+    ("generate.prompts", ["Hi"]),       # a list the demo profile sets
+    ("tracking.experiment", "mine"),    # a section the demo profile leaves empty: honoured
+])
+def test_every_value_a_profile_sets_is_checked_and_only_those(project: Path, key, value):
+    _git_project(project)
+    _edit_params(project, profile="demo", **{key.replace(".", "__"): value})
+    if key == "tracking.experiment":
+        assert load_config(project / "params.yaml").tracking.experiment == "mine"
+        return
+    with pytest.raises(ConfigError, match=re.escape(f"`{key}: ")) as refused:
+        load_config(project / "params.yaml")
+    assert f"profiles/demo.yaml:{key}=" in str(refused.value)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -136,6 +138,35 @@ def test_register_promote_and_generate_from_the_champion(evaluated, capsys):
                       "top_p": g.top_p, "seed": g.seed}
 
 
+# What the issue found a served model accepting, and what it must say instead (the param, the value, the range).
+BAD_REQUESTS = [
+    ({"max_new_tokens": -5}, "`max_new_tokens` must be > 0, got -5"),
+    ({"temperature": -1.0}, "`temperature` must be ≥ 0, got -1.0"),
+    ({"top_p": 7.0}, "`top_p` must be in (0, 1], got 7.0"),
+    ({"top_k": 10**6}, "`top_k` (1000000) exceeds `model.vocab_size`"),
+    ({"max_new_tokens": 100000}, "`max_new_tokens` must be ≤ 512 (the server's serve.max_new_tokens), got 100000"),
+    ({"bogus": 1}, "unknown param(s) ['bogus']: this model takes max_new_tokens, temperature, top_k, top_p, seed"),
+]
+
+
+def test_the_pyfunc_refuses_bad_params_unknown_params_and_oversized_requests(evaluated):
+    from mlflow.exceptions import MlflowException
+
+    cfg, paths, _, version = evaluated
+    Store.at(paths.root).client()
+    model = mlflow.pyfunc.load_model(f"models:/gptlab/{version}")
+    for params, message in BAD_REQUESTS:
+        with pytest.raises(MlflowException, match=re.escape(message)) as refused:
+            model.predict(["The future of AI is"], params=params)
+        assert refused.value.get_http_status_code() == 400
+    with pytest.raises(MlflowException, match=re.escape("prompt 1 is 4000 tokens long: at most 2048")):
+        model.predict(["fine", " a" * 4000], params={"max_new_tokens": 2})
+    with pytest.raises(MlflowException, match=re.escape("17 prompts in one request: at most 16")):
+        model.predict(["a"] * 17, params={"max_new_tokens": 2})
+    # A refusal leaves nothing behind: the next request is answered.
+    assert model.predict(["The future of AI is"], params={"max_new_tokens": 3})[0]
+
+
 def test_the_gate_needs_the_margin_on_the_same_val_split(evaluated, capsys):
     cfg, paths, run, v1 = evaluated
     client = Store.at(paths.root).client()
@@ -250,7 +281,8 @@ def test_the_champion_is_served_over_http_on_loopback(evaluated, capsys):
     port = free_port()
     # `gptlab serve` resolves the alias, then becomes `mlflow models serve -m models:/gptlab@champion`.
     server = subprocess.Popen(
-        [sys.executable, "-m", "gptlab", "serve", "--params", str(paths.root / "params.yaml"), "--port", str(port)],
+        [sys.executable, "-m", "gptlab", "serve", "--params", str(paths.root / "params.yaml"), "--port", str(port),
+         "-S", "serve.max_new_tokens=64", "-S", "serve.max_prompt_tokens=100"],
         cwd=paths.root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -270,6 +302,23 @@ def test_the_champion_is_served_over_http_on_loopback(evaluated, capsys):
         # The same prompts and seed through the registry in-process give the same text.
         local = mlflow.pyfunc.load_model("models:/gptlab@champion")
         assert local.predict(body["inputs"], params=body["params"]) == predictions
+
+        # Bad requests are refused with 400 and the reason, at once; the limits are the server's serve.* settings.
+        def refusal(inputs: list[str], params: dict) -> str:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", headers={"Content-Type": "application/json"},
+                data=json.dumps({"inputs": inputs, "params": params}).encode())
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=20)
+            assert refused.value.code == 400
+            return json.loads(refused.value.read())["message"]
+
+        for params, message in BAD_REQUESTS:
+            message = message.replace("≤ 512", "≤ 64").replace("-1.0", "-1").replace("7.0", "7")
+            assert message in refusal(["The future of AI is"], params)
+        assert "prompt 0 is 300 tokens long: at most 100 (serve.max_prompt_tokens)" in refusal([" a" * 300], {})
+        with urllib.request.urlopen(request, timeout=60) as response:  # and the server still answers
+            assert json.loads(response.read())["predictions"] == predictions
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and its workers, by the PID we started
         server.wait(timeout=30)

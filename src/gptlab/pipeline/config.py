@@ -6,6 +6,10 @@ Resolution order, lowest to highest:
 2. ``profiles/<profile>.yaml`` (a partial overlay selected by the top-level ``profile`` key),
 3. ``-S key=value`` overrides given to a command (the syntax of ``dvc exp run -S``).
 
+``dvc exp run -S key=value`` writes into params.yaml, below the profile: a value changed there (against the
+committed params.yaml) that the profile sets otherwise would be silently ignored, so it is refused, with the
+command that honours it (``-S profiles/<profile>.yaml:key=value``).
+
 Every problem (unknown key, missing key, wrong type, impossible combination) is collected and raised once as a
 :class:`~gptlab.errors.ConfigError`, before any stage does work. Types are checked by pydantic in strict mode
 (``1`` is not ``true``, ``"3"`` is not ``3``); the messages, the did-you-mean hints and the value rules are ours.
@@ -17,6 +21,8 @@ import difflib
 import functools
 import json
 import re
+import shlex
+import subprocess
 import types
 import typing
 from dataclasses import fields
@@ -27,7 +33,7 @@ import pydantic
 import yaml
 
 from gptlab.errors import ConfigError
-from gptlab.settings import SECTION_TYPES, SECTIONS, Config, value_problems
+from gptlab.settings import SECTION_TYPES, SECTIONS, Config, flatten, value_problems
 
 # --------------------------------------------------------------------------------------------- YAML
 
@@ -148,6 +154,63 @@ def _build_section(name: str, cls: type, raw: Any, problems: list[str]) -> Any:
     return None if missing else section
 
 
+# ------------------------------------------------------------------------------------- shadowing
+
+
+def _committed_params(params: Path) -> dict[str, Any] | None:
+    """params.yaml as the checkout's HEAD commit has it (None outside git, or where HEAD has none)."""
+    try:
+        result = subprocess.run(["git", "-C", str(params.parent), "show", f"HEAD:./{params.name}"],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if result.returncode != 0:
+        return None
+    try:
+        data = parse_yaml(result.stdout)
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _yaml_value(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) or not value or value != value.strip() else value
+
+
+def _shadowed(params: Path, base: dict[str, Any], overlay: dict[str, Any], profile: str,
+              set_here: set[str]) -> list[str]:
+    """The values params.yaml was changed to (against its committed version: what ``dvc exp run -S KEY=…`` and
+    a hand edit do) that ``profiles/<profile>.yaml`` sets otherwise, so the run would silently ignore them.
+
+    One problem naming each such value and the command that honours them all: every change given again, the
+    shadowed ones into the profile's file (DVC tracks both files' params).
+    """
+    committed = _committed_params(params)
+    if committed is None:
+        return []
+    now = flatten({k: v for k, v in base.items() if k in SECTIONS and isinstance(v, dict)})
+    before = flatten({k: v for k, v in committed.items() if k in SECTIONS and isinstance(v, dict)})
+    layered = flatten({k: v for k, v in overlay.items() if k in SECTIONS and isinstance(v, dict)})
+    changed = {k: v for k, v in now.items() if k not in before or before[k] != v}
+    hidden = {k: v for k, v in changed.items() if k in layered and layered[k] != v and k not in set_here}
+    if not hidden:
+        return []
+    what = "; ".join(f"`{k}: {_yaml_value(v)}` (profiles/{profile}.yaml has {_yaml_value(layered[k])})"
+                     for k, v in hidden.items())
+    sets = [f"profile={profile}"] + [
+        f"profiles/{profile}.yaml:{k}={_yaml_value(v)}" if k in hidden else f"{k}={_yaml_value(v)}"
+        for k, v in changed.items()
+    ]
+    command = " ".join(f"-S {shlex.quote(x)}" for x in sets)
+    return [
+        f"{params.name} sets {what}, but the profile `{profile}` overlays {params.name} and its value would win: "
+        f"the run would silently ignore yours. Nothing was run. Give the value to the profile instead: "
+        f"`git checkout {params.name} && dvc exp run {command}` (git checkout drops what `dvc exp run -S` wrote "
+        f"into {params.name}; the command sets it again); or, for one gptlab command, `-S KEY=VALUE` on it "
+        f"(a command's -S wins over the profile)"
+    ]
+
+
 # ------------------------------------------------------------------------------------------ loading
 
 
@@ -196,6 +259,7 @@ def load_config(params: str | Path = "params.yaml", overrides: typing.Sequence[s
             if extra:
                 problems.append(f"profiles/{profile}.yaml has unknown section(s) {', '.join(map(str, extra))}")
             tree = _deep_merge(tree, {k: v or {} for k, v in overlay.items() if k in SECTIONS})
+            problems += _shadowed(params, base, overlay, profile, {key for key, _ in parsed})
 
     for key, value in parsed:
         if key == "profile":

@@ -23,6 +23,8 @@ from gptlab.fileio import state_root
 DB_FILE = "mlflow.db"
 ARTIFACT_DIR = "mlartifacts"
 OUTBOX_DIR = Path(".gptlab") / "outbox"
+LOCK_FILE = Path(".gptlab") / "mlflow.db.lock"  # held while a process opens the embedded store first
+_READY: set[str] = set()  # embedded stores this process has opened (created or migrated) already
 
 
 class TrackingError(GptlabError, RuntimeError):
@@ -87,7 +89,26 @@ class Store:
         _client_defaults()
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
-        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        if self.embedded and self.uri not in _READY:
+            self._create_once(client)
+        return client
+
+    def _create_once(self, client: MlflowClient) -> None:
+        """Open the embedded store under a lock held across processes: MLflow creates (and migrates) a new sqlite
+        store on first use, and two processes doing it at once (two queued experiments, `dvc queue start -j 2`)
+        collide in alembic ("table _alembic_tmp_model_versions already exists")."""
+        import fcntl
+
+        (self.root / LOCK_FILE).parent.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                client.search_experiments(max_results=1)  # the tracking store: tables and migrations
+                client.search_registered_models(max_results=1)  # the registry store over the same file
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        _READY.add(self.uri)
 
     def experiment_id(self, name: str, client: MlflowClient | None = None) -> str:
         client = client or self.client()
