@@ -1,4 +1,5 @@
-"""The evaluate flow: score the trained model on the whole val split, LAMBADA and WikiText-103, then record it."""
+"""The evaluate flow: score the trained model on the whole val split, LAMBADA, WikiText-103 and HellaSwag, then
+record it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def score_task(cfg: Config, paths: Paths) -> tuple[dict[str, Any], WindowScores]
     return score(cfg, paths)
 
 
-@task(name="score-lambada-wikitext", cache_policy=NONE)
+@task(name="score-downstream-tasks", cache_policy=NONE)
 def downstream_task(cfg: Config, paths: Paths) -> dict[str, Any]:
     return score_downstream(cfg, paths)
 
@@ -37,7 +38,7 @@ def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = Non
     scored, windows = score_task(cfg, paths)
     result = {**scored, **downstream_task(cfg, paths)}
     record_task(cfg, paths, result, windows)
-    return result
+    return {k: v for k, v in result.items() if k != "per_item"}  # the per-item arrays are in eval_examples.npz
 
 
 if __name__ == "__main__":

@@ -145,6 +145,30 @@ def write_task_files(folder: Path) -> tuple[Path, Path]:
     return lambada, wikitext
 
 
+# HellaSwag rows in the pinned parquet's format (label a string), with the WikiHow artifacts lm-eval cleans.
+HELLASWAG_ROWS = [
+    {"activity_label": "Making a cake", "ctx_a": "A woman pours batter into a pan.",
+     "ctx_b": "she", "endings": ["puts the pan in the oven.", "eats the pan.", "throws the batter at a dog.",
+                                 "sings to the  oven [step] loudly."], "label": "0"},
+    {"activity_label": "Home and Garden", "ctx_a": "[header] How to water a plant [title] Check the soil.",
+     "ctx_b": "", "endings": ["[step] Pour water  slowly around the base.", "Paint the plant blue.",
+                              "Sell the house.", "[substeps] Water the ceiling."], "label": "0"},
+    {"activity_label": "Running", "ctx_a": "A man ties his shoes.", "ctx_b": "then he",
+     "endings": ["runs down the road.", "flies to the moon.", "becomes a shoe.", "reads the road."], "label": "0"},
+]
+
+
+def write_hellaswag_file(folder: Path) -> Path:
+    """``hellaswag.parquet`` in ``folder``: a local source for eval.hellaswag."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "hellaswag.parquet"
+    pq.write_table(pa.Table.from_pylist(HELLASWAG_ROWS), path)
+    return path
+
+
 def save_tiny_gpt2(path: Path, *, n_positions: int = 24, seed: int = 0) -> Path:
     """A tiny random transformers GPT-2 saved as a local Hugging Face folder: a baseline that loads offline."""
     import torch

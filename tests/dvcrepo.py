@@ -12,7 +12,7 @@ import yaml
 
 from gptlab.settings import SECTIONS
 
-from .conftest import REPO, TINY, committed_params, save_tiny_gpt2, write_task_files
+from .conftest import REPO, TINY, committed_params, save_tiny_gpt2, write_hellaswag_file, write_task_files
 
 BIN = Path(sys.executable).parent
 
@@ -50,11 +50,12 @@ def make_repo(tmp_path: Path) -> Path:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     (root / "params.yaml").write_text(committed_params().replace("profile: seed", "profile: tiny", 1))
     # Baselines: OpenAI's gpt2 (offline here: "not measured") and a tiny local GPT-2 folder (measured); local
-    # copies of LAMBADA / WikiText in their pinned files' formats.
+    # copies of LAMBADA / WikiText / HellaSwag in their pinned files' formats.
     lambada, wikitext = write_task_files(tmp_path / "tasks")
+    hellaswag = write_hellaswag_file(tmp_path / "tasks")
     folder = save_tiny_gpt2(tmp_path / "tiny-gpt2")
     evaluation = [f"eval.baselines=[gpt2, {folder}]", "eval.contexts=[16, 32]", f"eval.lambada=local:{lambada}",
-                  f"eval.wikitext=local:{wikitext}"]
+                  f"eval.wikitext=local:{wikitext}", f"eval.hellaswag=local:{hellaswag}"]
     (root / "profiles" / "tiny.yaml").write_text(yaml.safe_dump(_profile(TINY + evaluation)))
     run_command(["git", "init", "-q"], root)
     run_command([str(BIN / "dvc"), "init", "-q"], root)

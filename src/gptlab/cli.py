@@ -35,10 +35,10 @@ STAGE_HELP = {
     "download": "fetch the corpus named by data.source into data/raw/ (an interrupted hub download resumes)",
     "tokenize": "GPT-2 BPE, train/val split → data/tokens/ (token shards + meta.json); a killed run resumes",
     "train": "train (or resume from models/checkpoints/) → models/final/, MLflow run, version with alias `candidate`",
-    "evaluate": "val loss / perplexity over the whole val split, unigram floor, LAMBADA, WikiText-103 "
-                "→ metrics/eval.json",
-    "baselines": "GPT-2 (eval.baselines) on the same val split, LAMBADA and WikiText-103 at eval.contexts, "
-                 "plus samples → baselines/; one MLflow run each",
+    "evaluate": "val loss / perplexity over the whole val split, unigram floor, LAMBADA, WikiText-103, HellaSwag "
+                "→ metrics/eval.json (+ per-item scores, metrics/eval_examples.npz)",
+    "baselines": "GPT-2 (eval.baselines) on the same val split, LAMBADA, WikiText-103 and HellaSwag at "
+                 "eval.contexts, plus samples → baselines/; one MLflow run each",
     "generate": "samples for every prompt → samples/samples.{json,md}",
     "report": "comparison table (ours, GPT-2 measured and published, unigram floor), plots, samples side by side "
               "→ reports/",
@@ -195,7 +195,9 @@ def _export_hf(args: argparse.Namespace) -> dict[str, str]:
     model, ckpt = load_model(args.checkpoint)
     out = export_hf(model, args.out)
     return {"checkpoint": str(ckpt.path), "step": str(ckpt.step), "huggingface_folder": str(out),
-            "load_with": f"transformers.GPT2LMHeadModel.from_pretrained({str(out)!r})"}
+            "load_with": f"transformers.GPT2LMHeadModel.from_pretrained({str(out)!r}), "
+                         f"transformers.AutoTokenizer.from_pretrained({str(out)!r})",
+            "lm_eval": f"lm_eval --model hf --model_args pretrained={out} --tasks lambada_openai,hellaswag"}
 
 
 def _sweep(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -296,10 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=_ui)
-    p = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face GPT-2 folder (transformers loads it)")
+    p = sub.add_parser(
+        "export-hf", help="write a checkpoint as a self-contained Hugging Face GPT-2 folder (weights + tokenizer)",
+        description="Write a gptlab checkpoint as a Hugging Face GPT-2 folder: config.json + model.safetensors "
+        "and GPT-2's tokenizer files (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json) "
+        "derived from the BPE tiktoken uses, so transformers (GPT2LMHeadModel, AutoTokenizer) and "
+        "lm-evaluation-harness (--model hf --model_args pretrained=OUT) load it offline.")
     p.add_argument("checkpoint", type=Path, nargs="?", default=Path("models/final"),
                    help="gptlab checkpoint directory (default: models/final)")
-    p.add_argument("out", type=Path, help="folder to write config.json + model.safetensors into")
+    p.add_argument("out", type=Path, help="folder to write the weights and tokenizer files into")
     p.set_defaults(func=_export_hf)
     p = sub.add_parser("sweep", help="model sizes × token budgets (the scaling section) as queued DVC experiments",
                        description="`plan` lists the points of the scaling section with their cost, state (done in "

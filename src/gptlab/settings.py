@@ -155,6 +155,11 @@ class EvalConfig:
     contexts: tuple[int, ...]
     """Context lengths at which every GPT-2 baseline is scored on the val split, LAMBADA and WikiText (our model
     is scored at its own model.block_size); a context beyond a baseline's positions is reported as not measured."""
+    stride: int | None
+    """Val-split perplexity windows: null scores non-overlapping windows of the context (each token sees the
+    tokens since its window began); N > 0 slides the window by N tokens and scores only its last N, so every
+    token after the first window sees context - N or more tokens before it (transformers' perplexity guide).
+    Smaller is closer to full context and slower: ~context / N forward passes per window's worth of tokens."""
     baselines: tuple[str, ...]
     """GPT-2 checkpoints scored with the same code on the same val tokens: ``gpt2``, ``gpt2-medium``,
     ``gpt2-large``, ``gpt2-xl`` (Hugging Face hub or its cache) or a local Hugging Face GPT-2 folder; [] for none."""
@@ -164,6 +169,10 @@ class EvalConfig:
     wikitext: str
     """WikiText-103 test documents: ``hf:OWNER/NAME@REVISION/FILE``, ``local:PATH`` (.jsonl or .parquet with a
     ``page`` field, one document per row) or ``none``."""
+    hellaswag: str
+    """HellaSwag's validation split (10,042 items) with lm-eval's ``hellaswag`` prompt and acc / acc_norm:
+    ``hf:OWNER/NAME@REVISION/FILE``, ``local:PATH`` (.jsonl or .parquet with ``activity_label``, ``ctx_a``,
+    ``ctx_b``, ``endings``, ``label``) or ``none``."""
     plateau_evals: int
     """The report's loss plateau is the mean val loss of the last N periodic evals of training."""
 
@@ -416,7 +425,12 @@ def _check_eval(e: EvalConfig, p: list[str]) -> None:
         p.append(f"`eval.contexts` must list context lengths > 0 (e.g. [512, 1024]), got {list(e.contexts)}")
     if any(not name.strip() for name in e.baselines) or len(set(e.baselines)) != len(e.baselines):
         p.append(f"`eval.baselines` must list distinct, non-empty names or folders, got {list(e.baselines)}")
-    for key in ("lambada", "wikitext"):
+    if e.stride is not None and e.stride <= 0:
+        p.append(f"`eval.stride` must be > 0 or null (non-overlapping windows), got {e.stride}")
+    elif e.stride is not None and e.contexts and e.stride > min(e.contexts):
+        p.append(f"`eval.stride` ({e.stride}) exceeds the smallest of `eval.contexts` ({min(e.contexts)}): tokens "
+                 f"would be skipped; use a stride ≤ {min(e.contexts)} or null")
+    for key in ("lambada", "wikitext", "hellaswag"):
         if not _TASK_SOURCE_RE.match(getattr(e, key)):
             p.append(
                 f"`eval.{key}` must be `hf:OWNER/NAME@REVISION/FILE`, `local:PATH` or `none`, got {getattr(e, key)!r}"
@@ -460,6 +474,12 @@ def _check_scaling(s: ScalingConfig, p: list[str]) -> None:
         p.append(f"`scaling.mfu` must be in (0, 1] (e.g. 0.35) or null (measured), got {s.mfu}")
 
 
+def _check_eval_model(e: EvalConfig, m: ModelConfig, p: list[str]) -> None:
+    if e.stride is not None and e.stride > m.block_size > 0:
+        p.append(f"`eval.stride` ({e.stride}) exceeds `model.block_size` ({m.block_size}), the context our model "
+                 f"is scored at: use a stride ≤ {m.block_size} or null")
+
+
 def _check_generate_model(g: GenerateConfig, m: ModelConfig, p: list[str]) -> None:
     if g.top_k > m.vocab_size:
         p.append(f"`generate.top_k` ({g.top_k}) exceeds `model.vocab_size` ({m.vocab_size}); use 0 to disable")
@@ -495,6 +515,7 @@ _CHECKS: list[tuple[tuple[str, ...], Any]] = [
     (("serve",), _check_serve),
     (("scaling",), _check_scaling),
     (("generate", "model"), _check_generate_model),
+    (("eval", "model"), _check_eval_model),
 ]
 
 

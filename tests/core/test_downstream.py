@@ -1,17 +1,25 @@
-"""LAMBADA and WikiText with lm-evaluation-harness's definitions: hand-worked cases and brute-force references."""
+"""LAMBADA, WikiText and HellaSwag with lm-evaluation-harness's definitions: hand-worked cases and brute-force
+references, and the per-item scores behind every mean."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from gptlab.core.downstream import (
+    PER_ITEM,
+    MultipleChoice,
     Request,
+    choice_requests,
+    clean_hellaswag,
     count_words,
     detokenize,
     encode_pair,
+    hellaswag,
+    hellaswag_item,
     lambada,
     lambada_requests,
     rolling_requests,
@@ -75,6 +83,10 @@ def test_lambada_accuracy_needs_every_token_of_the_last_word():
     assert result.acc == 0.5 and result.examples == 2
     mean_logprob = (3 * HIT + (2 * HIT + MISS)) / 2
     assert result.ppl == pytest.approx(math.exp(-mean_logprob))
+    # Per passage, in file order: what intervals and paired tests are computed from.
+    assert set(result.per_item) == set(PER_ITEM["lambada"]) and "per_item" not in result.to_dict()
+    assert result.per_item["acc"].tolist() == [1, 0] and result.per_item["tokens"].tolist() == [3, 3]
+    np.testing.assert_allclose(result.per_item["logprob"], [3 * HIT, 2 * HIT + MISS], rtol=1e-6)
 
 
 def test_lambada_cuts_a_long_context_from_the_left():
@@ -118,6 +130,18 @@ def test_wikitext_word_byte_and_token_perplexity_by_hand():
         assert result.bits_per_byte == pytest.approx(-logprob / 5 / math.log(2))
 
 
+def test_wikitext_per_article_scores_add_up_to_the_totals():
+    # Context 2 splits "ab cd" (5 tokens) into 3 windows and "gg" (2 tokens) into 1: the article sums gather them.
+    result = wikitext(NextLetter(), ["ab cd", "gg"], encode=encode, context=2, batch_size=3, device=CPU)
+    items = result.per_item
+    assert set(items) == set(PER_ITEM["wikitext"])
+    assert items["tokens"].tolist() == [5, 2] and items["bytes"].tolist() == [5, 2] and items["words"].tolist() == [2, 1]
+    # "gg": after <|endoftext|> (predicts 1) g(6) misses; after g (predicts 7) g misses.
+    np.testing.assert_allclose(items["logprob"], [2 * HIT + 3 * MISS, 2 * MISS], rtol=1e-6)
+    assert result.word_ppl == pytest.approx(math.exp(-items["logprob"].sum() / items["words"].sum()))
+    assert (result.tokens, result.bytes, result.words) == (7, 7, 3)
+
+
 def test_wikitext_counts_words_of_the_original_article():
     assert count_words("a  b\nc") == 3
     assert count_words(" = Title = \n") == 5  # lm-eval's count: leading/trailing whitespace make empty pieces
@@ -153,3 +177,41 @@ def test_batched_scoring_equals_scoring_each_request_alone():
 def test_a_request_longer_than_the_model_is_refused():
     with pytest.raises(ValueError, match="does not fit the model"):
         score_requests(NextLetter(block_size=4), [Request([1] * 6, 2)], batch_size=1, device=CPU, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------------------------------ HellaSwag
+
+
+def test_hellaswag_prompt_is_lm_evals_preprocessing():
+    # lm-eval's hellaswag utils.preprocess: strip; " [title]" → ". "; drop [...]; each double space → one.
+    assert clean_hellaswag(" [header] How to x [title] Do y. ") == " How to x. Do y."
+    assert clean_hellaswag("[step] Pour  water [substeps] slowly.") == " Pour water slowly."
+    assert clean_hellaswag("a   b") == "a  b"  # one pass, as lm-eval's str.replace
+    item = hellaswag_item({"activity_label": "Running", "ctx_a": "A man ties his shoes.", "ctx_b": "then he",
+                           "endings": ["runs.", " [step] flies."], "label": "1"})
+    # query = activity_label + ": " + ctx_a + " " + ctx_b.capitalize(); the strip comes before the brackets go,
+    # so "[step] flies." keeps a leading space (and is scored as "  flies.", as lm-eval scores it).
+    assert item == MultipleChoice("Running: A man ties his shoes. Then he", ("runs.", " flies."), 1)
+
+
+def test_hellaswag_scores_each_ending_as_the_continuation_of_the_query():
+    [first, second] = choice_requests([MultipleChoice("ab", ("cd", "e"), 0)], encode, context=64)
+    assert first == Request([0, 1, 7, 2, 3], 3) and second == Request([0, 1, 7, 4], 2)  # " cd", " e"
+    [cut] = choice_requests([MultipleChoice("abcdef", ("g",), 0)], encode, context=3)
+    assert cut == Request([4, 5, 7, 6], 2)  # a context longer than the model's is cut from the left
+
+
+def test_hellaswag_acc_sums_and_acc_norm_divides_by_characters():
+    # Query "f"; NextLetter predicts g after f, ' ' after g, a after ' ', b after a ...
+    #   " ga":      ' ' miss (after f comes g), g miss (after ' ' comes a), a miss → 3 MISS,       2 characters
+    #   " a":       ' ' miss, a hit                                              → MISS + HIT,   1 character
+    #   " abcdefg": ' ' miss, then seven hits                                    → MISS + 7 HIT, 7 characters
+    # Summed, " a" is the most likely (fewest tokens); per character, " abcdefg" is.
+    choices = ("ga", "a", "abcdefg")
+    items = [MultipleChoice("f", choices, 1), MultipleChoice("f", choices, 2)]
+    result = hellaswag(NextLetter(), items, encode=encode, context=64, batch_size=4, device=CPU)
+    np.testing.assert_allclose(result.per_item["logprobs"][0], [3 * MISS, MISS + HIT, MISS + 7 * HIT], rtol=1e-6)
+    assert result.per_item["chars"].tolist() == [[2, 1, 7], [2, 1, 7]]
+    assert result.per_item["acc"].tolist() == [1, 0] and result.per_item["acc_norm"].tolist() == [0, 1]
+    assert result.per_item["gold"].tolist() == [1, 2] and set(result.per_item) == set(PER_ITEM["hellaswag"])
+    assert (result.acc, result.acc_norm, result.examples) == (0.5, 0.5, 2)

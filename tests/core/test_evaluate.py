@@ -88,3 +88,51 @@ def test_spread_windows_are_fixed_and_cover_the_split():
     tokens = np.arange(1000, dtype=np.uint16)
     x, y = spread_windows(tokens, block_size=10, count=5)
     assert x[:, 0].tolist() == [0, 247, 494, 741, 989] and (y == x + 1).all()
+
+
+def _history_logprob(model: GPT, tokens: np.ndarray, target: int, begin: int) -> float:
+    """log p(tokens[target] | tokens[begin:target]): one forward over exactly that history."""
+    history = torch.from_numpy(tokens[begin:target].astype(np.int64))[None]
+    return torch.log_softmax(model(history).logits[0, -1], dim=-1)[int(tokens[target])].item()
+
+
+@pytest.mark.parametrize("n, context, stride, batch", [(30, 8, 1, 4), (30, 8, 3, 2), (41, 8, 5, 3), (9, 8, 3, 2)])
+def test_strided_perplexity_gives_every_token_the_history_of_transformers_guide(n, context, stride, batch):
+    # transformers' "Perplexity of fixed-length models": windows begin every `stride` tokens; a target is
+    # scored by the first window that holds it, with every token of that window before it as history.
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    tokens = np.random.default_rng(1).integers(0, 50257, size=n).astype(np.uint16)
+    result = perplexity(model, tokens, context=context, batch_size=batch, device=torch.device("cpu"), stride=stride)
+    nll = []
+    with torch.no_grad():
+        for j in range(1, n):  # the first window begins at 0; later ones at the first multiple of stride that fits j
+            begin = 0 if j <= context else -(-(j - context) // stride) * stride
+            nll.append(-_history_logprob(model, tokens, j, begin))
+    assert result.tokens == n - 1 and result.stride == stride
+    assert result.loss == pytest.approx(sum(nll) / len(nll), rel=1e-5)
+
+
+def test_a_stride_of_the_whole_context_is_the_non_overlapping_windows():
+    torch.manual_seed(0)
+    model = GPT(SMALL).eval()
+    tokens = np.random.default_rng(2).integers(0, 50257, size=70).astype(np.uint16)
+    plain = perplexity(model, tokens, context=16, batch_size=3, device=torch.device("cpu"))
+    strided = perplexity(model, tokens, context=16, batch_size=3, device=torch.device("cpu"), stride=16)
+    assert strided.tokens == plain.tokens and strided.loss == pytest.approx(plain.loss, rel=1e-6)
+    one = perplexity(model, tokens, context=16, batch_size=3, device=torch.device("cpu"), stride=1)
+    assert one.loss != pytest.approx(plain.loss, rel=1e-6)  # more history changes the numbers
+
+
+def test_target_logprobs_are_float32_exact_for_a_gpt2_sized_vocabulary():
+    # The (B, V, T) cross-entropy layout was off by up to 7e-5 here (2e-3 nats on a trained model's logits, on
+    # torch 2.13's CPU kernel): enough to break parity with lm-eval at 1e-5. A float64 log-softmax is the truth.
+    from gptlab.core.evaluate import target_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 13, 50304, generator=gen) * 3
+    targets = torch.randint(0, 50304, (2, 13), generator=gen)
+    reference = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets[..., None])[..., 0]
+    logp, hits = target_logprobs(logits, targets, greedy=True)
+    torch.testing.assert_close(logp.double(), reference, atol=1e-5, rtol=0)
+    assert torch.equal(hits, logits.argmax(-1) == targets)

@@ -30,6 +30,14 @@ def test_dvc_repro_from_corpus_to_a_promoted_model(repo: Path):
     assert evaluation["model"]["tokens"] == evaluation["unigram"]["tokens"] > 10_000
     assert evaluation["model"]["ppl"] < evaluation["unigram"]["ppl"]  # the model learned to use context
     assert evaluation["lambada"]["examples"] == 3 and evaluation["wikitext"]["documents"] == 2
+    assert evaluation["hellaswag"]["examples"] == 3
+    # Per-item scores beside the metrics (a DVC out): the means in eval.json come from them.
+    from gptlab.pipeline.examples import read_examples
+
+    items = read_examples(repo / "metrics" / "eval_examples.npz")
+    assert items["lambada"]["acc"].mean() == pytest.approx(evaluation["lambada"]["acc"])
+    assert items["hellaswag"]["acc_norm"].mean() == pytest.approx(evaluation["hellaswag"]["acc_norm"])
+    assert set(read_examples(repo / "baselines" / "examples.npz")) == {"tiny-gpt2"}
     baselines = json.loads((repo / "baselines" / "metrics.json").read_text())
     assert baselines["val_sha256"] == evaluation["val_sha256"]
     [local] = [e for e in baselines["baselines"].values() if e["measured"]]

@@ -15,7 +15,7 @@ from gptlab.pipeline.paths import Paths
 from gptlab.pipeline.stages import baselines
 from gptlab.settings import replace
 
-from ..conftest import save_tiny_gpt2, write_task_files
+from ..conftest import HELLASWAG_ROWS, save_tiny_gpt2, write_hellaswag_file, write_task_files
 
 CPU = torch.device("cpu")
 
@@ -73,8 +73,10 @@ def test_baselines_stage_scores_gpt2_with_our_code_on_our_val_tokens(tiny_cfg, t
 
     folder = save_tiny_gpt2(tmp_path / "tiny-gpt2")
     lambada, wikitext = write_task_files(tmp_path / "tasks")
+    hellaswag = write_hellaswag_file(tmp_path / "tasks")
     cfg = replace(tiny_cfg, eval={"baselines": ("gpt2", str(folder)), "contexts": (16, 32),
-                                  "lambada": f"local:{lambada}", "wikitext": f"local:{wikitext}"})
+                                  "lambada": f"local:{lambada}", "wikitext": f"local:{wikitext}",
+                                  "hellaswag": f"local:{hellaswag}"})
     paths = Paths(tokens_dir.parents[1])
     summary = baselines.run(cfg, paths)
     assert summary[str(folder)] == "measured" and summary["gpt2"].startswith("not measured: gpt2 is not in the")
@@ -87,6 +89,7 @@ def test_baselines_stage_scores_gpt2_with_our_code_on_our_val_tokens(tiny_cfg, t
     assert at16["val"]["tokens"] == tokens.tokens("val") - 1  # the whole split, every token once
     assert at16["val"]["loss"] == pytest.approx(_transformers_loss(folder, val_tokens(tokens), 16), rel=1e-4)
     assert at16["lambada"]["examples"] == 3 and at16["wikitext"]["documents"] == 2
+    assert at16["hellaswag"]["examples"] == len(HELLASWAG_ROWS)
     assert at32["val"] == {"measured": False, "reason": "context 32 exceeds tiny-gpt2's 24 positions"}
     # Every val number with its 95 % interval over the split's documents, bits per byte beside them, and the
     # per-window losses they came from kept as baselines/windows/<name>-ctx<context>.npz.
@@ -122,3 +125,19 @@ def test_baselines_stage_scores_gpt2_with_our_code_on_our_val_tokens(tiny_cfg, t
     assert measured.metrics["lambada/acc_ctx16"] == pytest.approx(at16["lambada"]["acc"])
     assert math.isfinite(measured.metrics["wikitext/word_ppl_ctx16"])
     assert "eval/val_loss_ctx32" not in measured.metrics
+    assert measured.metrics["hellaswag/acc_norm_ctx16"] == pytest.approx(at16["hellaswag"]["acc_norm"])
+
+
+    # The per-item scores behind every mean, in baselines/examples.npz (a DVC out, for intervals / paired tests).
+    from gptlab.pipeline.examples import read_examples
+
+    items = read_examples(paths.baselines / "examples.npz")["tiny-gpt2"]["16"]
+    assert set(read_examples(paths.baselines / "examples.npz")) == {"tiny-gpt2"}  # gpt2 was not measured
+    assert items["lambada"]["acc"].mean() == pytest.approx(at16["lambada"]["acc"])
+    assert math.exp(-items["lambada"]["logprob"].mean()) == pytest.approx(at16["lambada"]["ppl"])
+    wiki = items["wikitext"]
+    assert len(wiki["logprob"]) == 2 and wiki["tokens"].sum() == at16["wikitext"]["tokens"]
+    assert math.exp(-wiki["logprob"].sum() / wiki["words"].sum()) == pytest.approx(at16["wikitext"]["word_ppl"])
+    assert items["hellaswag"]["logprobs"].shape == (len(HELLASWAG_ROWS), 4)
+    assert items["hellaswag"]["acc"].mean() == pytest.approx(at16["hellaswag"]["acc"])
+    assert items["hellaswag"]["acc_norm"].mean() == pytest.approx(at16["hellaswag"]["acc_norm"])

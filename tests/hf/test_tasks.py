@@ -7,11 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from gptlab.hf.tasks import KNOWN_SHA256, TaskDataUnavailable, TaskSource, fetch, load_texts, read_field
+from gptlab.hf.tasks import (
+    KNOWN_SHA256,
+    TaskDataUnavailable,
+    TaskSource,
+    fetch,
+    load_hellaswag,
+    load_texts,
+    read_field,
+)
 from gptlab.pipeline.comparison import load_tasks
 from gptlab.settings import replace
 
-from ..conftest import LAMBADA_TEXTS, WIKITEXT_PAGES, write_task_files
+from ..conftest import HELLASWAG_ROWS, LAMBADA_TEXTS, WIKITEXT_PAGES, write_hellaswag_file, write_task_files
 
 PINNED = "hf:EleutherAI/lambada_openai@879e19a2c9bb7ef03f9cf962089cf7d008f91e27/data/lambada_test.jsonl"
 
@@ -27,7 +35,7 @@ def test_sources_parse_and_print_back():
 
 
 def test_the_seed_pins_the_files_whose_checksums_gptlab_knows(tiny_cfg):
-    for key in ("lambada", "wikitext"):
+    for key in ("lambada", "wikitext", "hellaswag"):
         source = TaskSource.parse(getattr(tiny_cfg.eval, key))
         assert (source.repo, source.revision, source.path) in KNOWN_SHA256
 
@@ -73,4 +81,25 @@ def test_unavailable_and_disabled_tasks_are_reported_with_the_reason(tiny_cfg, t
     lambada, _ = write_task_files(tmp_path)
     tasks = load_tasks(replace(tiny_cfg, eval={"lambada": f"local:{lambada}", "wikitext": "none"}).eval)
     assert tasks.texts["lambada"] == LAMBADA_TEXTS
-    assert tasks.unavailable == {"wikitext": "`eval.wikitext` is none"}
+    assert tasks.unavailable["wikitext"] == "`eval.wikitext` is none"
+    # The seed's pinned HellaSwag file is not in the (empty, offline) hub cache: not measured, and why.
+    assert "`eval.hellaswag: local:PATH`" in tasks.unavailable["hellaswag"] and set(tasks.unavailable) == {
+        "wikitext", "hellaswag"}
+
+
+def test_hellaswag_reads_lm_evals_prompt_from_a_local_copy(tmp_path: Path):
+    items, provenance = load_hellaswag(f"local:{write_hellaswag_file(tmp_path)}", setting="eval.hellaswag")
+    assert len(items) == len(HELLASWAG_ROWS) and len(provenance["sha256"]) == 64
+    # "[header] How to water a plant [title] Check the soil." + " " + "".capitalize(), cleaned as lm-eval does
+    assert items[1].query == "Home and Garden: How to water a plant. Check the soil."
+    assert items[1].choices[0] == " Pour water slowly around the base." and items[0].gold == 0
+
+
+def test_a_hellaswag_row_with_a_wrong_label_names_the_row(tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**HELLASWAG_ROWS[0], "label": "4"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl \(`eval.hellaswag`\), row 1: label '4' is not an index of its 4"):
+        load_hellaswag(f"local:{bad}", setting="eval.hellaswag")
+    bad.write_text(json.dumps({"ctx": "no fields"}) + "\n")
+    with pytest.raises(ValueError, match=r"row 1: a HellaSwag row needs strings activity_label, ctx_a, ctx_b"):
+        load_hellaswag(f"local:{bad}", setting="eval.hellaswag")

@@ -38,7 +38,7 @@ def test_imported_gpt2_gives_transformers_logits(tiny_hf):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_export_round_trips_through_transformers(tmp_path, bias):
+def test_export_round_trips_through_transformers(tmp_path, bias, bpe_cache):
     torch.manual_seed(1)
     model = GPT(dataclasses.replace(SMALL, bias=bias)).eval()
     export_hf(model, tmp_path / "out")

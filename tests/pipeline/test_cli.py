@@ -52,7 +52,7 @@ def test_ui_serves_the_embedded_store_on_loopback(project: Path):
         proc.wait(timeout=30)
 
 
-def test_export_hf_writes_a_folder_transformers_loads_with_the_same_logits(tmp_path: Path, capsys):
+def test_export_hf_writes_a_folder_transformers_loads_with_the_same_logits(tmp_path: Path, capsys, bpe_cache):
     import torch
     import transformers
 
@@ -71,3 +71,6 @@ def test_export_hf_writes_a_folder_transformers_loads_with_the_same_logits(tmp_p
     idx = torch.randint(0, SMALL.vocab_size, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model(idx).logits, atol=1e-4, rtol=1e-4)
+    # Self-contained: the tokenizer loads from the same folder, offline (lm-eval's `--model hf` needs both).
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
+    assert tokenizer("Hello world")["input_ids"] == [15496, 995]

@@ -142,6 +142,18 @@ def test_eval_settings_are_checked_with_the_expected_forms(project: Path):
     assert len(info.value.problems) == 5
 
 
+def test_eval_stride_must_fit_every_context_it_slides_over(project: Path):
+    assert load_config(project / "params.yaml").eval.stride is None  # the seed: non-overlapping windows
+    assert load_config(project / "params.yaml", ["eval.stride=256"]).eval.stride == 256
+    for bad, expected in [("0", "`eval.stride` must be > 0 or null (non-overlapping windows), got 0"),
+                          ("600", "`eval.stride` (600) exceeds `model.block_size` (512)"),
+                          ("1000", "`eval.stride` (1000) exceeds the smallest of `eval.contexts` (512)")]:
+        with pytest.raises(ConfigError, match=re.escape(expected)):
+            load_config(project / "params.yaml", [f"eval.stride={bad}"])
+    with pytest.raises(ConfigError, match=r"`eval.hellaswag` must be `hf:OWNER/NAME@REVISION/FILE`"):
+        load_config(project / "params.yaml", ["eval.hellaswag=Rowan/hellaswag"])
+
+
 def test_training_scale_settings_are_checked(project: Path):
     with pytest.raises(ConfigError) as err:
         load_config(project / "params.yaml", ["train.nproc_per_node=8", "train.checkpoint_interval=-1",

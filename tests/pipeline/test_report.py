@@ -30,6 +30,7 @@ def _files(root: Path) -> dict[str, Path]:
         "unigram": {"loss": 7.0, "ppl": math.exp(7.0), "tokens": 4_400_000},
         "lambada": _measured(acc=0.25, ppl=80.0, examples=5153, context=512, seconds=1.0),
         "wikitext": {"measured": False, "reason": "`eval.wikitext` is none"},
+        "hellaswag": _measured(acc=0.2725, acc_norm=0.28, examples=10042, context=512, seconds=1.0),
     })
     # val loss at steps 100..600; the last 3 evals are 3.6, 3.5, 3.4 → plateau 3.5
     pd.DataFrame({"step": [100, 200, 300, 400, 500, 600], "train_loss": [9, 6, 5, 4, 3.7, 3.5],
@@ -76,6 +77,13 @@ def test_report_table_has_ours_baselines_per_context_published_and_floor(tmp_pat
     assert table.loc["gpt2-medium", "note"] == f"not measured: {OFFLINE}"
     assert table.loc["gpt2 (published)", "val_loss"] == 3.12 and table.loc["gpt2 (published)", "kind"] == "published"
     assert table.loc["gpt2-xl (published)", "lambada_acc"] == 63.24
+    # HellaSwag: ours measured (in %), GPT-2's published rows as lm-eval measured them (quoted by llm.c).
+    assert (ours["hellaswag_acc"], ours["hellaswag_acc_norm"]) == (27.25, 28.0)
+    assert (table.loc["gpt2 (published)", "hellaswag_acc"], table.loc["gpt2 (published)", "hellaswag_acc_norm"]) == (
+        28.92, 31.14)
+    assert table.loc["gpt2-xl (published)", "hellaswag_acc_norm"] == 50.89
+    assert "llm.c" in table.loc["gpt2-xl (published)", "note"] and "llm.c" not in table.loc["gpt2-large (published)", "note"]
+    assert math.isnan(table.loc["gpt2 @512", "hellaswag_acc"])  # a baselines file from before HellaSwag
     assert table.loc["unigram floor (train-split token frequencies)", "val_loss"] == 7.0
 
     markdown = out.markdown.read_text()

@@ -1,11 +1,12 @@
 """The downstream evaluations' data: one pinned file of a Hugging Face dataset repo, or a local copy of it.
 
-``eval.lambada`` and ``eval.wikitext`` name a source:
+``eval.lambada``, ``eval.wikitext`` and ``eval.hellaswag`` name a source:
 
 - ``hf:OWNER/NAME@REVISION/FILE``: ``FILE`` of the dataset repo at commit ``REVISION``, through the hub's cache.
   The seed pins lm-evaluation-harness's datasets by commit; their sha256 (from the hub's Git LFS pointers) is
   checked after download, so a changed or corrupt file cannot pass for the pinned one.
-- ``local:PATH``: the same file on disk (``.jsonl`` or ``.parquet``), for machines without the hub.
+- ``local:PATH``: the same file on disk (``.jsonl`` or ``.parquet`` with the same fields), for machines without
+  the hub.
 - ``none``: not evaluated.
 
 A hub file that cannot be had (offline, hub unreachable) raises :class:`TaskDataUnavailable`, which the report
@@ -17,8 +18,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from gptlab.core.downstream import MultipleChoice, hellaswag_item
 from gptlab.errors import DataError, GptlabError, MissingInputError
 from gptlab.fileio import sha256_file
 
@@ -31,6 +33,9 @@ KNOWN_SHA256 = {
     ("EleutherAI/wikitext_document_level", "99bd23220810ae0c869b593eae750554f102264c",
      "wikitext-103-raw-v1/wikitext-103-raw-v1-test.parquet"):
         "e7fc7d4c385d027e0360f7eb320866df61adb68f385986e5c7f4f3911d62f4eb",
+    # HellaSwag's validation split as lm-eval's `hellaswag` task loads it (10,042 items; 6,315,951 bytes).
+    ("Rowan/hellaswag", "218ec52e09a7e7462a5400043bb9a69a41d06b76", "data/validation-00000-of-00001.parquet"):
+        "899813071e1e95efafec90f856e1987d2150fa4d020fc005df6962c259f660cd",
 }
 
 
@@ -106,10 +111,10 @@ def fetch(source: TaskSource, *, setting: str) -> Path:
     return path
 
 
-def read_field(path: Path, field: str, *, setting: str) -> list[str]:
-    """The ``field`` of every row of a ``.jsonl`` or ``.parquet`` file, in file order."""
+def read_rows(path: Path, *, setting: str) -> list[dict[str, Any]]:
+    """Every row of a ``.jsonl`` (one JSON object per non-empty line) or ``.parquet`` file, in file order."""
     if path.suffix == ".jsonl":
-        rows: list[str] = []
+        rows: list[dict[str, Any]] = []
         with path.open(encoding="utf-8") as f:
             for number, line in enumerate(f, start=1):
                 if not line.strip():
@@ -118,10 +123,19 @@ def read_field(path: Path, field: str, *, setting: str) -> list[str]:
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DataError(f"{path}, line {number} (`{setting}`): not JSON ({e})") from e
-                if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                    raise DataError(f"{path}, line {number} (`{setting}`): no string {field!r} key")
-                rows.append(record[field])
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}, line {number} (`{setting}`): not a JSON object")
+                rows.append(record)
         return rows
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    raise DataError(f"{path} (`{setting}`): expected a .jsonl or .parquet file")
+
+
+def read_field(path: Path, field: str, *, setting: str) -> list[str]:
+    """The ``field`` of every row of a ``.jsonl`` or ``.parquet`` file, in file order."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -129,7 +143,11 @@ def read_field(path: Path, field: str, *, setting: str) -> list[str]:
         if field not in table.column_names:
             raise DataError(f"{path} (`{setting}`): no column {field!r} (columns: {', '.join(table.column_names)})")
         return [v if v is not None else "" for v in table.column(field).to_pylist()]
-    raise DataError(f"{path} (`{setting}`): expected a .jsonl or .parquet file")
+    rows = read_rows(path, setting=setting)
+    for number, record in enumerate(rows, start=1):
+        if not isinstance(record.get(field), str):
+            raise DataError(f"{path}, line {number} (`{setting}`): no string {field!r} key")
+    return [record[field] for record in rows]
 
 
 def load_texts(text: str, field: str, *, setting: str) -> tuple[list[str], dict[str, str]]:
@@ -140,3 +158,31 @@ def load_texts(text: str, field: str, *, setting: str) -> tuple[list[str], dict[
     if not rows:
         raise DataError(f"{path} (`{setting}`) has no rows")
     return rows, {"source": str(source), "sha256": sha256_file(path)}
+
+
+def hellaswag_items(rows: list[dict[str, Any]], *, where: str) -> list[MultipleChoice]:
+    """HellaSwag rows as lm-eval prompts them; a row without its fields is a :class:`DataError` naming it."""
+    items = []
+    for number, row in enumerate(rows, start=1):
+        strings = [key for key in ("activity_label", "ctx_a", "ctx_b") if not isinstance(row.get(key), str)]
+        endings, label = row.get("endings"), row.get("label")
+        if strings or not isinstance(endings, list) or not endings or not all(isinstance(e, str) for e in endings):
+            raise DataError(
+                f"{where}, row {number}: a HellaSwag row needs strings activity_label, ctx_a, ctx_b and a list of "
+                f"string endings; got keys {sorted(row)}"
+            )
+        index = label if isinstance(label, int) else int(label) if isinstance(label, str) and label.isdigit() else -1
+        if not 0 <= index < len(endings):  # the hub file holds labels as strings ("0".."3"), as lm-eval reads them
+            raise DataError(f"{where}, row {number}: label {label!r} is not an index of its {len(endings)} endings")
+        items.append(hellaswag_item(row))
+    return items
+
+
+def load_hellaswag(text: str, *, setting: str) -> tuple[list[MultipleChoice], dict[str, str]]:
+    """HellaSwag's items from the source ``text`` (lm-eval's preprocessing applied), and provenance."""
+    source = TaskSource.parse(text)
+    path = fetch(source, setting=setting)
+    items = hellaswag_items(read_rows(path, setting=setting), where=f"{path} (`{setting}`)")
+    if not items:
+        raise DataError(f"{path} (`{setting}`) has no rows")
+    return items, {"source": str(source), "sha256": sha256_file(path)}

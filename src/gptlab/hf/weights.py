@@ -12,6 +12,7 @@ import torch
 
 from gptlab.core.model import GPT
 from gptlab.errors import GptlabError
+from gptlab.hf.tokenizer import write_tokenizer_files
 from gptlab.settings import ModelConfig
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -71,8 +72,10 @@ def load_hf_gpt2(name_or_path: str, *, device: str | torch.device = "cpu", local
     return from_hf_state(hf.config, hf.state_dict()).to(device)
 
 
-def export_hf(model: GPT, out_dir: str | Path) -> Path:
-    """Save ``model`` as a Hugging Face GPT-2 folder (``GPT2LMHeadModel.from_pretrained`` loads it).
+def export_hf(model: GPT, out_dir: str | Path, *, tokenizer: str = "gpt2") -> Path:
+    """Save ``model`` as a self-contained Hugging Face GPT-2 folder: ``config.json`` and ``model.safetensors``
+    (``GPT2LMHeadModel.from_pretrained`` loads them) beside GPT-2's tokenizer files written from the BPE
+    tiktoken uses (``AutoTokenizer.from_pretrained`` loads them offline; see :mod:`gptlab.hf.tokenizer`).
 
     Without biases (``model.bias: false``) the exported biases are zeros: the same function.
     """
@@ -95,5 +98,6 @@ def export_hf(model: GPT, out_dir: str | Path) -> Path:
             elif key.endswith(".bias"):
                 target.zero_()  # a bias-free gptlab model
     out_dir = Path(out_dir)
+    write_tokenizer_files(out_dir, model_max_length=cfg.block_size, name=tokenizer)  # first: needs the BPE cache
     hf.save_pretrained(out_dir)
     return out_dir

@@ -2,7 +2,9 @@
 
 Our model (evaluate stage) and each GPT-2 baseline (baselines stage) go through :func:`measure_tasks`, and
 their results share one shape: ``{"measured": true, ...numbers}`` or ``{"measured": false, "reason": why}``,
-so the report can show every cell it could not fill as "not measured: why", never as a silent gap.
+so the report can show every cell it could not fill as "not measured: why", never as a silent gap. Beside
+the numbers come the per-item scores they were computed from (:data:`gptlab.core.downstream.PER_ITEM`), which
+the stages write next to their metrics (:mod:`gptlab.pipeline.examples`).
 """
 
 from __future__ import annotations
@@ -15,20 +17,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptlab.core.downstream import Encode, lambada, wikitext
+from gptlab.core.downstream import Encode, hellaswag, lambada, wikitext
 from gptlab.core.evaluate import WindowScores, score_windows, unigram_floor
 from gptlab.core.hardware import resolve_device, resolve_dtype
 from gptlab.core.model import GPT
 from gptlab.data.loader import TokenSet, val_tokens
 from gptlab.data.tokenizer import EOT
-from gptlab.hf.tasks import TaskDataUnavailable, load_texts
+from gptlab.hf.tasks import TaskDataUnavailable, load_hellaswag, load_texts
 from gptlab.pipeline.intervals import accuracy_metrics, token_bytes, val_metrics
 from gptlab.settings import EvalConfig
 
 log = logging.getLogger(__name__)
 
-# (task, config key, field holding the text in the task's file)
-TASKS = (("lambada", "lambada", "text"), ("wikitext", "wikitext", "page"))
+# (task, config key, field holding the text in the task's file; None: the task reads whole rows)
+TASKS = (("lambada", "lambada", "text"), ("wikitext", "wikitext", "page"), ("hellaswag", "hellaswag", None))
+TASK_NAMES = tuple(task for task, _, _ in TASKS)
 
 
 def measured(values: dict[str, Any]) -> dict[str, Any]:
@@ -41,19 +44,24 @@ def not_measured(reason: str) -> dict[str, Any]:
 
 @dataclass
 class Tasks:
-    """The downstream tasks' texts, or why a task cannot be measured here."""
+    """The downstream tasks' items (texts; HellaSwag's MultipleChoice), or why a task cannot be measured here."""
 
-    texts: dict[str, list[str]] = field(default_factory=dict)
+    texts: dict[str, list[Any]] = field(default_factory=dict)
     unavailable: dict[str, str] = field(default_factory=dict)
     provenance: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def load_tasks(e: EvalConfig) -> Tasks:
-    """Read ``eval.lambada`` and ``eval.wikitext`` once; offline or ``none`` makes a task not measured."""
+    """Read ``eval.lambada``, ``eval.wikitext`` and ``eval.hellaswag`` once; offline or ``none`` makes a task not
+    measured."""
     tasks = Tasks()
     for task, key, text_field in TASKS:
         try:
-            tasks.texts[task], tasks.provenance[task] = load_texts(getattr(e, key), text_field, setting=f"eval.{key}")
+            if text_field is None:
+                tasks.texts[task], tasks.provenance[task] = load_hellaswag(getattr(e, key), setting=f"eval.{key}")
+            else:
+                tasks.texts[task], tasks.provenance[task] = load_texts(getattr(e, key), text_field,
+                                                                       setting=f"eval.{key}")
         except TaskDataUnavailable as exc:
             tasks.unavailable[task] = str(exc)
             tasks.provenance[task] = {"source": getattr(e, key)}
@@ -67,15 +75,17 @@ def eval_device(e: EvalConfig) -> tuple[torch.device, torch.dtype]:
 
 
 def score_val_windows(model: GPT, tokens: TokenSet, *, batch_size: int, device: torch.device,
-                      dtype: torch.dtype) -> tuple[dict[str, Any], WindowScores]:
+                      dtype: torch.dtype, stride: int | None = None) -> tuple[dict[str, Any], WindowScores]:
     """Loss, perplexity and bits per byte (with 95 % intervals) of ``model`` over the whole val split of
-    ``tokens`` at its own context, and the unigram floor on the same tokens: what the evaluate stage reports
-    and the promotion gate compares; with the per-window losses the intervals and paired tests come from."""
+    ``tokens`` at its own context (windows sliding by ``stride``, ``eval.stride``), and the unigram floor on the
+    same tokens: what the evaluate stage reports and the promotion gate compares; with the per-window losses the
+    intervals and paired tests come from."""
     val = val_tokens(tokens)
     context = model.config.block_size
     scores = score_windows(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype,
-                           eot=int(tokens.meta.get("eot_token", EOT)), token_bytes=token_bytes(tokens.meta["tokenizer"]))
-    ours = val_metrics(scores)
+                           eot=int(tokens.meta.get("eot_token", EOT)), token_bytes=token_bytes(tokens.meta["tokenizer"]),
+                           stride=stride)
+    ours = {**val_metrics(scores), "stride": stride}
     floor = unigram_floor(tokens.unigram_counts(), val)
     return {
         "context": context,
@@ -89,9 +99,9 @@ def score_val_windows(model: GPT, tokens: TokenSet, *, batch_size: int, device: 
 
 
 def score_val(model: GPT, tokens: TokenSet, *, batch_size: int, device: torch.device,
-              dtype: torch.dtype) -> dict[str, Any]:
+              dtype: torch.dtype, stride: int | None = None) -> dict[str, Any]:
     """:func:`score_val_windows` without the per-window losses."""
-    return score_val_windows(model, tokens, batch_size=batch_size, device=device, dtype=dtype)[0]
+    return score_val_windows(model, tokens, batch_size=batch_size, device=device, dtype=dtype, stride=stride)[0]
 
 
 def val_tags(result: dict[str, Any]) -> dict[str, str]:
@@ -100,34 +110,48 @@ def val_tags(result: dict[str, Any]) -> dict[str, str]:
             "val_sha256": result["val_sha256"], "context": str(result["context"])}
 
 
+@dataclass
+class Measurement:
+    """One model's downstream results at one context: the numbers and the per-item scores behind them."""
+
+    results: dict[str, dict[str, Any]]
+    """``{"lambada": {"measured": true, "acc": ...}, "wikitext": ..., "hellaswag": ...}`` (metrics files)."""
+    per_item: dict[str, dict[str, np.ndarray]]
+    """``{"lambada": {"acc": array, ...}, ...}`` for the measured tasks (the examples files)."""
+
+
 def measure_tasks(
     model: GPT, tasks: Tasks, *, context: int, encode: Encode, batch_size: int, device: torch.device,
     dtype: torch.dtype,
-) -> dict[str, dict[str, Any]]:
-    """LAMBADA and WikiText of ``model`` at ``context``: ``{"lambada": {...}, "wikitext": {...}}``."""
-    scorers = {"lambada": lambada, "wikitext": wikitext}
-    out = {}
-    for task, _key, _field in TASKS:
+) -> Measurement:
+    """LAMBADA, WikiText and HellaSwag of ``model`` at ``context``."""
+    scorers = {"lambada": lambada, "wikitext": wikitext, "hellaswag": hellaswag}
+    out = Measurement({}, {})
+    for task in TASK_NAMES:
         if task in tasks.unavailable:
-            out[task] = not_measured(tasks.unavailable[task])
+            out.results[task] = not_measured(tasks.unavailable[task])
             continue
         result = scorers[task](model, tasks.texts[task], encode=encode, context=context, batch_size=batch_size,
-                               device=device, dtype=dtype).to_dict()
-        if task == "lambada":
-            result.update(accuracy_metrics(result["acc"], len(tasks.texts[task])))
-        out[task] = measured(result)
+                               device=device, dtype=dtype)
+        values = result.to_dict()
+        if task in ("lambada", "hellaswag"):
+            values.update(accuracy_metrics(values["acc"], len(tasks.texts[task])))
+        out.results[task] = measured(values)
+        out.per_item[task] = result.per_item
     return out
 
 
 def measure_contexts(
     model: GPT, name: str, *, contexts: Sequence[int], val: np.ndarray, tasks: Tasks, encode: Encode,
     batch_size: int, device: torch.device, dtype: torch.dtype, token_bytes: np.ndarray | None = None,
-    windows: dict[str, WindowScores] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """``{"512": {"val", "lambada", "wikitext"}, ...}``: the val split and the tasks at each context; a context
-    beyond the model's positions is not measured. ``windows`` (if given) receives each context's per-window
-    val losses; ``token_bytes`` gives bits per byte."""
+    windows: dict[str, WindowScores] | None = None, stride: int | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, np.ndarray]]]]:
+    """``({"512": {"val", "lambada", "wikitext", "hellaswag"}, ...}, {"512": per-item scores, ...})``: the val
+    split (windows sliding by ``stride``) and the tasks at each context; a context beyond the model's positions
+    is not measured. ``windows`` (if given) receives each context's per-window val losses; ``token_bytes`` gives
+    bits per byte."""
     out: dict[str, dict[str, Any]] = {}
+    per_item: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     positions = model.config.block_size
     for context in contexts:
         if context > positions:
@@ -135,16 +159,17 @@ def measure_contexts(
             out[str(context)] = {part: not_measured(reason) for part in METRICS}
             continue
         scores = score_windows(model, val, context=context, batch_size=batch_size, device=device, dtype=dtype,
-                               token_bytes=token_bytes)
+                               token_bytes=token_bytes, stride=stride)
         val_result = val_metrics(scores)
         if windows is not None:
             windows[str(context)] = scores
-        out[str(context)] = {"val": measured(val_result),
-                             **measure_tasks(model, tasks, context=context, encode=encode, batch_size=batch_size,
-                                             device=device, dtype=dtype)}
+        downstream = measure_tasks(model, tasks, context=context, encode=encode, batch_size=batch_size,
+                                   device=device, dtype=dtype)
+        out[str(context)] = {"val": measured({**val_result, "stride": stride}), **downstream.results}
+        per_item[str(context)] = downstream.per_item
         log.info("%s @%d: val ppl %.2f [%s, %s]", name, context, val_result["ppl"], _fmt(val_result["ppl_lo"]),
                  _fmt(val_result["ppl_hi"]))
-    return out
+    return out, per_item
 
 
 def _fmt(x: float | None) -> str:
@@ -160,6 +185,7 @@ METRICS = {
     "lambada": {"acc": "lambada/acc", "ppl": "lambada/ppl", "acc_stderr": "lambada/acc_stderr"},
     "wikitext": {"word_ppl": "wikitext/word_ppl", "byte_ppl": "wikitext/byte_ppl",
                  "bits_per_byte": "wikitext/bits_per_byte", "token_ppl": "wikitext/token_ppl"},
+    "hellaswag": {"acc": "hellaswag/acc", "acc_norm": "hellaswag/acc_norm", "acc_stderr": "hellaswag/acc_stderr"},
 }
 
 
@@ -176,5 +202,5 @@ def context_metrics(results: dict[str, dict[str, Any]], context: int) -> dict[st
 
 def not_measured_tags(results: dict[str, Any], prefix: str = "gptlab.not_measured") -> dict[str, str]:
     """``{"gptlab.not_measured.lambada": why, ...}`` for every task of ``results`` that was not measured."""
-    return {f"{prefix}.{task}": results[task]["reason"][:5000] for task in ("lambada", "wikitext")
+    return {f"{prefix}.{task}": results[task]["reason"][:5000] for task in TASK_NAMES
             if task in results and not results[task]["measured"]}

@@ -322,7 +322,8 @@ def rescore(cfg: Config, paths: Paths, *, alias: str | None = None, version: str
         checkpoint = registry.download_checkpoint(store, f"models:/{name}/{version}", Path(tmp))
         model, _ = load_model(checkpoint, device=device)
     result, windows = score_val_windows(model, TokenSet.open(paths.tokens, verify=True),
-                                        batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+                                        batch_size=cfg.eval.batch_size, device=device, dtype=dtype,
+                                        stride=cfg.eval.stride)
     tags = val_tags(result)
     if old.get("val_sha256") and old.get("val_sha256") != result["val_sha256"]:
         tags.update({f"previous.{k}": old[k] for k in VAL_TAGS if k in old})

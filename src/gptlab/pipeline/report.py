@@ -40,13 +40,16 @@ PUBLISHED = [
      "wikitext_word_ppl": 17.48},
 ]
 PUBLISHED_SOURCE = "nanoGPT README (OWT val, ctx 1024); GPT-2 paper Table 3 (LAMBADA, WikiText-103)"
+# HellaSwag (validation, 0-shot) by lm-evaluation-harness, as quoted in llm.c's dev/data/hellaswag.py.
+PUBLISHED_HELLASWAG = {"gpt2": (28.92, 31.14), "gpt2-xl": (40.04, 50.89)}
+PUBLISHED_HELLASWAG_SOURCE = "HellaSwag: lm-eval as quoted by llm.c (dev/data/hellaswag.py)"
 
 COLUMNS = ["model", "kind", "params_M", "context", "train_tokens_M", "val_loss", "val_ppl", "loss_plateau",
            "lambada_acc", "lambada_ppl", "wikitext_word_ppl", "wikitext_token_ppl", "wikitext_bits_per_byte",
-           "distinct_1", "distinct_2", "rep_4", "note"]
+           "hellaswag_acc", "hellaswag_acc_norm", "distinct_1", "distinct_2", "rep_4", "note"]
 COLUMNS[COLUMNS.index("val_ppl") + 1 : COLUMNS.index("val_ppl") + 1] = ["val_bits_per_byte"]
 COLUMNS += BOUNDS  # 95 % interval bounds (report.csv); report.md shows them inside the cells
-TASK_NAMES = {"val": "val split", "lambada": "LAMBADA", "wikitext": "WikiText-103"}
+TASK_NAMES = {"val": "val split", "lambada": "LAMBADA", "wikitext": "WikiText-103", "hellaswag": "HellaSwag"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ def _task_cells(parts: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         elif part == "wikitext":
             cells.update(wikitext_word_ppl=result["word_ppl"], wikitext_token_ppl=result["token_ppl"],
                          wikitext_bits_per_byte=result["bits_per_byte"])
+        elif part == "hellaswag":
+            cells.update(hellaswag_acc=100 * result["acc"], hellaswag_acc_norm=100 * result["acc_norm"])
     return cells, notes
 
 
@@ -101,7 +106,7 @@ def results_table(
 ) -> pd.DataFrame:
     """Ours, each baseline at each context, the published numbers, and the unigram floor, in that order."""
     ours_parts = {"val": {"measured": True, **evaluation["model"]}}
-    ours_parts.update({t: evaluation[t] for t in ("lambada", "wikitext") if t in evaluation})
+    ours_parts.update({t: evaluation[t] for t in ("lambada", "wikitext", "hellaswag") if t in evaluation})
     cells, notes = _task_cells(ours_parts)
     if generation is None:
         notes.append("samples not measured: metrics/generate.json is missing (run the generate stage)")
@@ -127,10 +132,13 @@ def results_table(
                     "note": "; ".join(notes),
                 })
     for pub in PUBLISHED:
+        hellaswag = PUBLISHED_HELLASWAG.get(pub["name"])
         rows.append({
             "model": f"{pub['name']} (published)", "kind": "published", "params_M": pub["params_M"], "context": 1024,
             "val_loss": pub["val_loss"], "val_ppl": math.exp(pub["val_loss"]), "lambada_acc": pub["lambada_acc"],
-            "lambada_ppl": pub["lambada_ppl"], "wikitext_word_ppl": pub["wikitext_word_ppl"], "note": PUBLISHED_SOURCE,
+            "lambada_ppl": pub["lambada_ppl"], "wikitext_word_ppl": pub["wikitext_word_ppl"],
+            **({"hellaswag_acc": hellaswag[0], "hellaswag_acc_norm": hellaswag[1]} if hellaswag else {}),
+            "note": PUBLISHED_SOURCE + (f"; {PUBLISHED_HELLASWAG_SOURCE}" if hellaswag else ""),
         })
     floor = evaluation["unigram"]
     rows.append({
@@ -144,7 +152,7 @@ def results_table(
                         "lambada_acc_lo": 2, "lambada_acc_hi": 2,
                         "params_M": 2, "train_tokens_M": 2, "val_loss": 4, "val_ppl": 2, "loss_plateau": 4,
                         "lambada_acc": 2, "lambada_ppl": 2, "wikitext_word_ppl": 2, "wikitext_token_ppl": 2,
-                        "wikitext_bits_per_byte": 4, "distinct_1": 3, "distinct_2": 3, "rep_4": 3})
+                        "wikitext_bits_per_byte": 4, "hellaswag_acc": 2, "hellaswag_acc_norm": 2, "distinct_1": 3, "distinct_2": 3, "rep_4": 3})
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -290,8 +298,9 @@ def build_report(
         f"Validation loss and perplexity over the **whole** validation split ({evaluation['model']['tokens']:,} "
         f"tokens, val sha256 `{evaluation['val_sha256'][:12]}`) in non-overlapping windows of `context` tokens; "
         "every measured row is scored by the same code on the same tokens. LAMBADA (accuracy in %, perplexity of "
-        "the last word) and WikiText-103 (word-level perplexity, rolling windows) follow lm-evaluation-harness's "
-        "definitions. Loss plateau: mean val loss of the last "
+        "the last word), WikiText-103 (word-level perplexity, rolling windows) and HellaSwag (validation, "
+        "accuracy in %: acc sums each ending's log-likelihood, acc_norm divides it by the ending's length in "
+        "characters) follow lm-evaluation-harness's definitions. Loss plateau: mean val loss of the last "
         f"{plateau_evals} evals during training. Repetition: distinct-1/2 and repeated 4-grams of the samples "
         "(GPT-2 BPE tokens).",
         "",

@@ -1,7 +1,8 @@
 """The baselines stage: every GPT-2 of ``eval.baselines`` scored by the same code on the same val tokens,
-LAMBADA and WikiText-103 at every ``eval.contexts``, plus its samples for the same prompts → ``baselines/``
-(``metrics.json`` with 95 % intervals, ``samples.json``, and ``windows/<name>-ctx<context>.npz``: the per-window
-val losses the report's paired comparisons with our model read).
+LAMBADA, WikiText-103 and HellaSwag at every ``eval.contexts``, plus its samples for the same prompts →
+``baselines/`` (``metrics.json`` with 95 % intervals, ``samples.json``, the per-item task scores in
+``examples.npz``, and ``windows/<name>-ctx<context>.npz``: the per-window val losses the report's paired
+comparisons with our model read).
 
 It depends on the data, not on our model, so a training change does not re-run it; its outputs are cached,
 so ``dvc exp`` and checkouts restore them. One MLflow run per baseline, nested under one run for the stage.
@@ -32,6 +33,7 @@ from gptlab.pipeline.comparison import (
     not_measured,
     not_measured_tags,
 )
+from gptlab.pipeline.examples import BASELINE_EXAMPLES, write_examples
 from gptlab.pipeline.intervals import BASELINE_WINDOWS, token_bytes, windows_name
 from gptlab.pipeline.paths import Paths
 from gptlab.settings import Config
@@ -43,9 +45,10 @@ log = logging.getLogger(__name__)
 
 def score_baseline(cfg: Config, tokens: TokenSet, name: str, *, tasks: Tasks,
                    windows: dict[str, WindowScores] | None = None) -> tuple[dict[str, Any], list]:
-    """One GPT-2 baseline on the val split, LAMBADA and WikiText at every ``eval.contexts`` that fits it, and
-    its samples for the ``generate`` prompts; ``({"measured": false, "reason": why}, [])`` if it cannot load.
-    ``windows`` receives its per-window val losses at each context."""
+    """One GPT-2 baseline on the val split, LAMBADA, WikiText and HellaSwag at every ``eval.contexts`` that fits
+    it (per-item scores under ``per_item``), and its samples for the ``generate`` prompts;
+    ``({"measured": false, "reason": why}, [])`` if it cannot load. ``windows`` receives its per-window val
+    losses at each context."""
     device, dtype = eval_device(cfg.eval)
     try:
         model = load_baseline(name, device=device)
@@ -53,15 +56,16 @@ def score_baseline(cfg: Config, tokens: TokenSet, name: str, *, tasks: Tasks,
         log.warning("baseline %s: not measured: %s", name, e)
         return {"display": display_name(name), **not_measured(str(e))}, []
     enc = get_encoding(cfg.tokenize.tokenizer)
-    contexts = measure_contexts(
+    contexts, per_item = measure_contexts(
         model, display_name(name), contexts=cfg.eval.contexts, val=val_tokens(tokens), tasks=tasks,
         encode=enc.encode_ordinary, batch_size=cfg.eval.batch_size, device=device, dtype=dtype,
-        token_bytes=token_bytes(tokens.meta["tokenizer"]), windows=windows,
+        token_bytes=token_bytes(tokens.meta["tokenizer"]), windows=windows, stride=cfg.eval.stride,
     )
     samples = sample_prompts(model, enc, cfg.generate)
     result = {"display": display_name(name), "measured": True, "params": model.num_params(),
               "positions": model.config.block_size, "contexts": contexts,
-              "repetition": repetition([enc.encode_ordinary(t) for item in samples for t in item["samples"]])}
+              "repetition": repetition([enc.encode_ordinary(t) for item in samples for t in item["samples"]]),
+              "per_item": per_item}
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the next baseline may be 10x larger
@@ -92,16 +96,21 @@ def score_baselines(cfg: Config, paths: Paths) -> dict[str, Any]:
 
 
 def record(cfg: Config, paths: Paths, result: dict[str, Any]) -> None:
-    """``baselines/metrics.json`` + ``baselines/samples.json``, and one MLflow run per baseline (nested under one
-    run for this stage), each tagged with the val split's sha256."""
-    write_json(paths.baselines / "metrics.json", {k: v for k, v in result.items() if k not in ("samples", "windows")})
+    """``baselines/metrics.json`` + ``baselines/samples.json`` + ``baselines/examples.npz`` + ``baselines/windows/``,
+    and one MLflow run per baseline (nested under one run for this stage), each tagged with the val split's sha256."""
+    per_item = {entry["display"]: entry["per_item"] for entry in result["baselines"].values() if entry["measured"]}
+    metrics = {k: v for k, v in result.items() if k not in ("samples", "baselines", "windows")}
+    metrics["baselines"] = {name: {k: v for k, v in entry.items() if k != "per_item"}
+                            for name, entry in result["baselines"].items()}
+    write_json(paths.baselines / "metrics.json", metrics)
+    write_examples(paths.baselines / BASELINE_EXAMPLES, per_item)
     write_json(paths.baselines / "samples.json", {"settings": settings(cfg.generate), "samples": result["samples"]})
     write_windows(paths, result["windows"], result["baselines"])
     store = Store.at(paths.root)
     shared = {"gptlab.val_sha256": result["val_sha256"], "gptlab.eval.contexts": str(result["contexts"])}
     with recording(store, cfg, "baselines", name="gpt2-baselines", tags=shared) as parent:
         parent.log_artifacts(paths.baselines / "metrics.json", paths.baselines / "samples.json",
-                             artifact_path="baselines")
+                             paths.baselines / BASELINE_EXAMPLES, artifact_path="baselines")
         for name, entry in result["baselines"].items():
             tags = {**shared, "gptlab.baseline": name, "gptlab.measured": str(entry["measured"]).lower()}
             if not entry["measured"]:

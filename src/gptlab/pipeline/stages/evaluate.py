@@ -1,7 +1,8 @@
 """The evaluate stage: the trained model's loss, perplexity and bits per byte over the whole val split (95 %
-intervals over documents), the unigram floor, LAMBADA and WikiText-103 → ``metrics/eval.json``, and the
-per-window val losses → ``metrics/val_windows.npz``; recorded in the training's MLflow run (the per-window file
-as the artifact ``val_windows/<val sha256>/``, which the promotion gate reads) and on its version."""
+intervals over documents), the unigram floor, LAMBADA, WikiText-103 and HellaSwag → ``metrics/eval.json``, the
+per-window val losses → ``metrics/val_windows.npz`` and the tasks' per-item scores → ``metrics/eval_examples.npz``;
+recorded in the training's MLflow run (the per-window file as the artifact ``val_windows/<val sha256>/``, which
+the promotion gate reads) and on its version."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from gptlab.data.tokenizer import get_encoding
 from gptlab.fileio import read_json, write_json
 from gptlab.pipeline.commandline import stage_main
 from gptlab.pipeline.comparison import (
+    TASK_NAMES,
     context_metrics,
     eval_device,
     load_tasks,
@@ -25,6 +27,7 @@ from gptlab.pipeline.comparison import (
     score_val_windows,
     val_tags,
 )
+from gptlab.pipeline.examples import EVAL_EXAMPLES, write_examples
 from gptlab.pipeline.intervals import WINDOWS_FILE
 from gptlab.pipeline.paths import Paths
 from gptlab.settings import Config
@@ -41,27 +44,32 @@ def score(cfg: Config, paths: Paths) -> tuple[dict[str, Any], WindowScores]:
     device, dtype = eval_device(cfg.eval)
     model, ckpt = load_model(paths.model, device=device)
     tokens = TokenSet.open(paths.tokens, verify=True)
-    result, windows = score_val_windows(model, tokens, batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    result, windows = score_val_windows(model, tokens, batch_size=cfg.eval.batch_size, device=device, dtype=dtype,
+                                        stride=cfg.eval.stride)
     return {**result, "checkpoint_step": ckpt.step}, windows
 
 
 def score_downstream(cfg: Config, paths: Paths) -> dict[str, Any]:
-    """LAMBADA and WikiText-103 of the trained model at its own context (or why they are not measured)."""
+    """LAMBADA, WikiText-103 and HellaSwag of the trained model at its own context (or why they are not
+    measured); ``per_item`` holds their per-item scores."""
     device, dtype = eval_device(cfg.eval)
     tasks = load_tasks(cfg.eval)
     model, _ = load_model(paths.model, device=device)
     encode = get_encoding(cfg.tokenize.tokenizer).encode_ordinary
-    results = measure_tasks(model, tasks, context=model.config.block_size, encode=encode,
-                            batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
-    return {**results, "tasks": tasks.provenance}
+    measurement = measure_tasks(model, tasks, context=model.config.block_size, encode=encode,
+                                batch_size=cfg.eval.batch_size, device=device, dtype=dtype)
+    return {**measurement.results, "tasks": tasks.provenance, "per_item": measurement.per_item}
 
 
 def record(cfg: Config, paths: Paths, result: dict[str, Any], windows: WindowScores) -> None:
-    """``metrics/eval.json`` and ``metrics/val_windows.npz``, then the metrics and the per-window file in the
-    training's run and the val tags on its version."""
+    """``metrics/eval.json``, ``metrics/val_windows.npz`` and ``metrics/eval_examples.npz``, then the metrics and
+    those files in the training's run and the val tags on its version."""
+    per_item = result.get("per_item", {})
+    result = {k: v for k, v in result.items() if k != "per_item"}
     write_json(paths.metrics / "eval.json", result)
     windows.save(paths.metrics / WINDOWS_FILE)
-    downstream = {task: result[task] for task in ("lambada", "wikitext") if task in result}
+    write_examples(paths.metrics / EVAL_EXAMPLES, per_item)
+    downstream = {task: result[task] for task in TASK_NAMES if task in result}
     by_context = context_metrics({"val": measured(result["model"]), **downstream}, result["context"])
     run = read_json(paths.model / "meta.json").get("mlflow_run_id")
     with recording(Store.at(paths.root), cfg, "evaluate", attach=run) as tracker:
@@ -77,6 +85,7 @@ def record(cfg: Config, paths: Paths, result: dict[str, Any], windows: WindowSco
         tracker.set_tags({"gptlab.val_sha256": result["val_sha256"], **not_measured_tags(downstream)})
         tracker.log_artifact(paths.metrics / "eval.json", artifact_path="metrics")
         tracker.log_artifact(paths.metrics / WINDOWS_FILE, artifact_path=windows_artifact_path(result["val_sha256"]))
+        tracker.log_artifact(paths.metrics / EVAL_EXAMPLES, artifact_path="metrics")
         tracker.tag_versions(cfg.tracking.registered_model, val_tags(result))
 
 
@@ -88,7 +97,7 @@ def run(cfg: Config, paths: Paths) -> dict[str, Any]:
     log.info("evaluate: val ppl %.2f [%s, %s] over %d tokens in %d documents, %s bits/byte (unigram floor %.2f); "
              "intervals in %.2f s", m["ppl"], m["ppl_lo"], m["ppl_hi"], m["tokens"], m["documents"],
              m.get("bits_per_byte"), result["unigram"]["ppl"], m["bootstrap_seconds"])
-    return result
+    return {k: v for k, v in result.items() if k != "per_item"}  # what eval.json holds (printed as JSON)
 
 
 if __name__ == "__main__":
