@@ -316,13 +316,15 @@ def train(
     resume: TrainingCheckpoint | None = None,
     init: GPT | None = None,
     dist: Dist | None = None,
+    compile_backend: str = "inductor",
 ) -> TrainResult:
     """Train ``cfg.model`` on the shards of ``tokens``; rank 0 writes the final checkpoint to ``out_dir``.
 
     ``checkpoint_dir``: where this run's periodic checkpoints go (see :func:`run_key`); none without it.
     ``resume`` (rank 0): a checkpoint from :func:`find_resume` to continue. ``init`` (rank 0): the starting
     weights ``train.init`` names (required unless it is ``scratch``). ``dist``: this process's place in a
-    torchrun job.
+    torchrun job. ``compile_backend``: torch.compile's backend when ``train.compile`` resolves to true
+    (``benchmarks/gpu_check.py --smoke`` passes ``aot_eager``: the same tracing without inductor's C++ build).
     """
     tracker = tracker or NullTracker()
     t = cfg.train
@@ -385,14 +387,14 @@ def train(
     compiled = use_compile(t.compile, device, run_flops=run_flops(cfg, steps=t.max_iters - progress.step) / d.world_size,
                            peak=peak)
     objective = TrainingLoss(raw, scale=local_accum)
-    model = torch.compile(objective) if compiled else objective
+    model = torch.compile(objective, backend=compile_backend) if compiled else objective
     # nanoGPT's order: compile, then wrap, so eval can call the compiled module without DDP's hooks.
     ddp = None
     if d.enabled:
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = ddp if ddp is not None else model
     # Eval mode is a second graph to compile: worth it on a GPU, not for a CPU's few eval batches.
-    eval_model = torch.compile(raw) if compiled and device.type == "cuda" else raw
+    eval_model = torch.compile(raw, backend=compile_backend) if compiled and device.type == "cuda" else raw
 
     vx, vy = spread_windows(val_tokens(tokens), block_size=cfg.model.block_size, count=t.eval_iters * t.batch_size)
     val_windows = [
