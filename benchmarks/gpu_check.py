@@ -466,13 +466,16 @@ def table(report: dict[str, Any]) -> str:
         if c is None:
             lines.append(f"| {name} | not run | | no |")
             continue
-        measured = {"logits": lambda c=c: f"|Δloss| {c['loss_difference']:.2e}, max |Δlog p| {c['max_logp_difference']:.3f}",
-                    "resume": lambda c=c: f"max |Δloss| {c['max_loss_difference']:.2e} after step {c['resumed_from']}, "
+        measured = {"logits": lambda c=c: f"Δ mean loss {c['loss_difference']:.2e}, largest Δ log p "
+                                          f"{c['max_logp_difference']:.3f} ({c['tokens']:,} tokens)",
+                    "resume": lambda c=c: f"largest Δ loss {c['max_loss_difference']:.2e} after step {c['resumed_from']}, "
                                       f"identical weights: {c['identical_weights']}",
                     "compiled_vs_eager": lambda c=c: f"{c['steps']} steps, last-10% loss {c['eager_tail_loss']:.4f} vs "
                                                  f"{c['compiled_tail_loss']:.4f} (rel {c['relative_difference']:.2e})"}
         text = measured[name]() if "why" not in c else c["why"]
-        lines.append(f"| {name} | {text} | {c.get('tolerance', '')} | {'yes' if c['passed'] else '**NO**'} |")
+        tol = c.get("tolerance", "")
+        tol = ", ".join(f"{k} ≤ {v}" for k, v in tol.items()) if isinstance(tol, dict) else f"≤ {tol}" if tol else ""
+        lines.append(f"| {name} | {text} | {tol} | {'yes' if c['passed'] else '**NO**'} |")
     f = report["forecasts"]
     lines += ["", "Forecasts (formulas: docs/gpu.md):"]
     if "seed_training" in f:
@@ -531,11 +534,12 @@ def main(argv: list[str] | None = None) -> int:
         share = {k: v * budget for k, v in BUDGET_SHARES.items()}
 
         def training(deadline: Deadline) -> None:
-            plan = [("seed", False, steps), ("seed", True, steps), ("gpt2-124m", False, big_steps),
-                    ("gpt2-124m", True, big_steps)]
-            for i, (name, compiled, n) in enumerate(plan):
-                # What is left is shared among the runs still to go, so a slow compile cannot starve the rest.
-                box = Deadline(max(deadline.left(), 0) / (len(plan) - i))
+            # (shape, compiled, steps, weight): what is left is shared among the runs still to go in proportion
+            # to their weights (a compiled run also compiles), so a slow compile cannot starve the rest.
+            plan = [("seed", False, steps, 1), ("seed", True, steps, 2), ("gpt2-124m", False, big_steps, 1),
+                    ("gpt2-124m", True, big_steps, 2)]
+            for i, (name, compiled, n, weight) in enumerate(plan):
+                box = Deadline(max(deadline.left(), 0) * weight / sum(w for *_, w in plan[i:]))
                 row = train_run(shapes[name], tokens, work / f"train-{name}-{compiled}", steps=n, device=device,
                                 compile_=compiled, deadline=box, warmup=warmup, backend=backend)
                 report["train"].append(row)

@@ -44,8 +44,15 @@ def load_average() -> tuple[float, float, float]:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name as CUDA reports it, or the CPU's model name (Linux), processor or machine."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 

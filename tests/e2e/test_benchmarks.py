@@ -51,3 +51,10 @@ def test_bench_tokenize_compares_gptlab_with_raw_tiktoken(bpe_cache, tmp_path):
 def test_bench_tracking_measures_log_calls_with_the_server_up_and_down(tmp_path):
     out = bench("bench_tracking.py", cwd=tmp_path)
     assert "| server up (sqlite)" in out and "| server down (closed port)" in out and "none lost" in out
+
+
+def test_profile_train_compares_the_compiled_variants_by_op(tmp_path):
+    out = bench("profile_train.py", "--smoke", "--ops", "3", cwd=tmp_path)
+    for variant in ("| eager |", "| compile(model) |", "| compile(forward + loss) |"):
+        assert variant in out
+    assert "model 1/2/32, context 32, vocab 50304" in out and "top 3 ops by self CPU time" in out
