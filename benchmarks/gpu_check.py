@@ -327,7 +327,8 @@ def logits_check(model: GPT, tokens: Path, *, device: torch.device, batch: int) 
 def eval_rate(shape: Shape, *, device: torch.device, tokens: int, deadline: Deadline) -> dict[str, Any]:
     """The evaluate stage's forward on random weights and random tokens (token values do not change the cost)."""
     torch.manual_seed(0)
-    model = GPT(shape.model()).to(device)
+    with torch.device(device):  # initialised where it runs: GPT-2 XL's 1.6B weights are not drawn on the CPU
+        model = GPT(shape.model())
     dtype = resolve_dtype("auto", device)
     ids = np.random.default_rng(0).integers(0, min(shape.vocab_size, 50257), size=tokens + 1).astype(np.uint16)
     reset_peak(device)
@@ -357,7 +358,8 @@ def generate_rate(shape: Shape, *, device: torch.device, batch: int, new_tokens:
                   ) -> dict[str, Any]:
     """KV-cache sampling as the generate stage runs it; bandwidth: bytes read per decoding step / its time."""
     torch.manual_seed(0)
-    model = GPT(shape.model()).to(device=device, dtype=weights)
+    with torch.device(device):
+        model = GPT(shape.model()).to(dtype=weights)
     prompt = list(range(16))
     sampling = Sampling(max_new_tokens=new_tokens, temperature=1.0)
     sample(model, prompt, num_samples=batch, sampling=Sampling(max_new_tokens=4), seed=0, eot=-1)  # warm-up
@@ -443,11 +445,12 @@ def table(report: dict[str, Any]) -> str:
              f"torch {d['torch']}, CUDA {d['cuda']}, peak {fmt(d['peak_flops'] and d['peak_flops'] / 1e12, '.0f')} "
              f"TFLOP/s bf16, {fmt(d['peak_bandwidth'] and d['peak_bandwidth'] / 1e12, '.2f')} TB/s; "
              f"{d['threads']} threads; load {d['load']}; total {report['seconds']['total']:.0f} s", "",
-             "| training | model | context | compiled | dtype | steps | tokens/s | step ms | MFU | peak GiB |",
-             "|---|---|---:|---|---|---:|---:|---:|---:|---:|"]
+             "| training | model | context | compiled | dtype | steps | first step s | tokens/s | step ms | MFU | peak GiB |",
+             "|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["train"]:
         lines.append(f"| {r['shape']} | {r['model']} | {r['context']} | {'yes' if r['compiled'] else 'no'} | "
                      f"{r['dtype']} | {r['steps']}{'' if r['finished'] else ' (time box)'} | "
+                     f"{fmt(r['first_step_seconds'], '.1f')} | "
                      f"{fmt(r['tokens_per_sec'])} | {fmt(r['step_seconds'] and 1000 * r['step_seconds'], '.1f')} | "
                      f"{fmt(r['mfu'] and 100 * r['mfu'], '.1f', '%')} | {fmt(r['peak_memory_gib'], '.2f')} |")
     lines += ["", "| eval forward | model | context × batch | tokens | tokens/s | of peak | peak GiB |",
@@ -540,8 +543,14 @@ def main(argv: list[str] | None = None) -> int:
                     ("gpt2-124m", True, big_steps, 2)]
             for i, (name, compiled, n, weight) in enumerate(plan):
                 box = Deadline(max(deadline.left(), 0) * weight / sum(w for *_, w in plan[i:]))
-                row = train_run(shapes[name], tokens, work / f"train-{name}-{compiled}", steps=n, device=device,
-                                compile_=compiled, deadline=box, warmup=warmup, backend=backend)
+                try:
+                    row = train_run(shapes[name], tokens, work / f"train-{name}-{compiled}", steps=n, device=device,
+                                    compile_=compiled, deadline=box, warmup=warmup, backend=backend)
+                except Exception as e:  # noqa: BLE001 - a failed compile must not cost the other runs
+                    report["errors"][f"train {name} {'compiled' if compiled else 'eager'}"] = (
+                        f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=8)}")
+                    print(f"[gpu_check]   {name} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                    continue
                 report["train"].append(row)
                 print(f"[gpu_check]   {name} {'compiled' if compiled else 'eager'}: "
                       f"{fmt(row['tokens_per_sec'])} tokens/s, {row['steps']} steps", file=sys.stderr, flush=True)
