@@ -4,8 +4,9 @@ The evaluate stage scores the whole val split (OpenWebText's is ~4.4M tokens) wi
 :func:`gptlab.core.evaluate.perplexity`: no autograd, larger batches, bf16 autocast on CUDA. Per token it should run
 several times faster than a training step (forward + backward + AdamW). This prints one table:
 
-    python benchmarks/bench_eval.py                     # the seed model (params.yaml), 4.4M synthetic val tokens
+    python benchmarks/bench_eval.py                     # the seed model, 4.4M synthetic val tokens
     python benchmarks/bench_eval.py --tokens 131072     # a quick run (CPU)
+    python benchmarks/bench_eval.py --profile gpt2-124m # another profile's model (never params.yaml's `profile:`)
 
 Token values do not change the cost of a forward, so the val shard is synthetic (seeded random ids) unless
 ``--text FILE`` is given (tokenized with GPT-2's BPE and repeated to ``--tokens``).
@@ -14,8 +15,6 @@ Token values do not change the cost of a forward, so the val shard is synthetic 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
@@ -26,9 +25,7 @@ from gptlab.core.evaluate import perplexity
 from gptlab.core.hardware import autocast, resolve_device, resolve_dtype
 from gptlab.core.model import GPT
 from gptlab.pipeline.commandline import prepare_environment
-from gptlab.pipeline.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
+from pinned import REPO, add_profile_argument, describe, pinned_config
 
 
 def val_shard(n: int, *, text: Path | None, vocab: int) -> np.ndarray:
@@ -72,6 +69,7 @@ def train_step_rate(model: GPT, *, batch: int, context: int, steps: int, device:
 def main() -> None:
     prepare_environment(REPO)  # the seeded BPE, telemetry off: as under make
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_profile_argument(parser)
     parser.add_argument("--tokens", type=int, default=4_400_000, help="val tokens to score (default: 4.4M)")
     parser.add_argument("--batch-size", type=int, default=None, help="eval windows per forward (default: eval.batch_size)")
     parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (median reported)")
@@ -81,7 +79,7 @@ def main() -> None:
     parser.add_argument("--text", type=Path, default=None, help="real text to tokenize and repeat instead")
     args = parser.parse_args()
 
-    cfg = load_config(REPO / "params.yaml", ["profile=seed"])
+    cfg = pinned_config(args.profile)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     context, train_batch = cfg.model.block_size, args.train_batch or cfg.train.batch_size
@@ -98,12 +96,7 @@ def main() -> None:
     result = perplexity(model, tokens, context=context, batch_size=eval_batch, device=device, dtype=dtype)
     eval_rate = result.tokens / result.seconds
 
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"seed model {cfg.model.n_layer}/{cfg.model.n_head}/{cfg.model.n_embd}, context {context}, "
-          f"{model.num_params() / 1e6:.1f}M params; {device} ({name}), {str(dtype).removeprefix('torch.')}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
-          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}")
+    print(f"profile {args.profile}: {describe(model, device=device, dtype=dtype, compiled=False)}")
     print()
     print("| measurement                          | batch      | tokens     | seconds | tokens/s  | vs train step |")
     print("|--------------------------------------|------------|------------|---------|-----------|---------------|")

@@ -27,6 +27,7 @@ from gptlab.pipeline.commandline import prepare_environment  # noqa: E402
 from gptlab.settings import ModelConfig  # noqa: E402
 from gptlab.tracking.store import Store  # noqa: E402
 from gptlab.tracking.tracker import Tracker  # noqa: E402
+from pinned import describe  # noqa: E402
 
 CALLS = 2000
 RECORD = {"train/loss": 3.2, "lr": 6e-4, "tokens_seen": 1.0e6, "tokens_per_sec": 5.0e4}
@@ -48,7 +49,7 @@ def _per_call_us(tracker: Tracker) -> tuple[float, float]:
     return statistics.median(times) * 1e6, times[int(0.99 * len(times))] * 1e6
 
 
-def _step_ms() -> float:
+def _step_ms() -> tuple[float, GPT]:
     torch.manual_seed(0)
     model = GPT(ModelConfig(n_layer=2, n_head=4, n_embd=128, block_size=128, vocab_size=50304, dropout=0.0,
                             bias=False))
@@ -61,7 +62,7 @@ def _step_ms() -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
-    return statistics.median(times[1:]) * 1e3
+    return statistics.median(times[1:]) * 1e3, model
 
 
 def main() -> None:
@@ -82,9 +83,10 @@ def main() -> None:
                               flush_timeout=0)
         rows.append(("server down (closed port)", *_per_call_us(down)))
         kept = down.close().kept
-    step = _step_ms()
+    step, model = _step_ms()
     print(f"Tracker.log_metrics, {CALLS} calls of {len(RECORD)} metrics; reference: one optimizer step of "
-          f"the demo model (2x128, 8x128 tokens) on this CPU = {step:.1f} ms")
+          f"8 × {model.config.block_size} tokens on this CPU = {step:.1f} ms")
+    print(f"reference ran: {describe(model, device=torch.device('cpu'), dtype=torch.float32, compiled=False)}")
     print(f"| {'case':<27} | median µs/call | p99 µs/call | share of a step |")
     print(f"|{'-' * 29}|{'-' * 16}|{'-' * 13}|{'-' * 17}|")
     for name, median, p99 in rows:

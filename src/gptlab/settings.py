@@ -120,8 +120,9 @@ class TrainConfig:
     seed: int
     """Seed of initialisation and batch sampling."""
     compile: bool | Literal["auto"]
-    """``torch.compile`` the model: ``auto`` compiles on CUDA only. On a CPU, compiling takes about a minute
-    and saves ~10% per step (benchmarks/bench_train.py): set ``true`` for long CPU runs."""
+    """``torch.compile`` the forward and the loss: ``auto`` compiles when the run is long enough to repay the
+    ~1 minute compiling takes (it saves ~a third of every step, on CPU too: benchmarks/bench_train.py), i.e. the
+    seed run compiles and the demo stays eager; the rule and its numbers are in gptlab.core.train.use_compile."""
     peak_flops: float | None
     """Peak FLOP/s of one device for MFU; null looks the GPU up in gptlab.hardware's table of dense bf16
     peaks (a CPU or an unknown GPU then logs no MFU)."""

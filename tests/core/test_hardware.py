@@ -46,3 +46,22 @@ def test_auto_dtype_on_cpu_is_bf16_exactly_when_the_cpu_has_bf16_instructions():
     native = bool(flags & {"avx512_bf16", "amx_bf16"})
     assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if native else torch.float32)
     assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("name", "bandwidth"),
+    [
+        ("NVIDIA H200", 4.8e12),
+        ("NVIDIA H100 80GB HBM3", 3.35e12),
+        ("NVIDIA H100 PCIe", 2.0e12),
+        ("NVIDIA A100-SXM4-80GB", 2.039e12),
+        ("NVIDIA A100-PCIE-40GB", 1.555e12),
+        ("NVIDIA L4", 300e9),
+        ("NVIDIA A10G", None),
+    ],
+)
+def test_gpu_bandwidths_are_looked_up_by_name(name, bandwidth):
+    from gptlab.core.hardware import gpu_peak_bandwidth, peak_bandwidth
+
+    assert gpu_peak_bandwidth(name) == bandwidth
+    assert peak_bandwidth(torch.device("cpu")) is None and peak_bandwidth(torch.device("cpu"), 1e11) == 1e11

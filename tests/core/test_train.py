@@ -174,3 +174,40 @@ def test_init_with_another_architecture_names_the_settings_to_change(tiny_cfg, t
                   train={"max_iters": 1, "init": f"checkpoint:{tmp_path / 'a'}"})
     with pytest.raises(TrainingError, match=r"different architecture .* set -S model.n_layer=1 \(a"):
         train(cfg, tokens=TokenSet.open(tokens_dir), out_dir=tmp_path / "b", init=load_model(tmp_path / "a")[0])
+
+
+def test_compile_auto_compiles_runs_that_repay_it_and_not_the_demo(project):
+    from gptlab.core.train import run_flops, use_compile
+    from gptlab.pipeline.config import load_config
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    seed = load_config(project / "params.yaml", ["profile=seed"])
+    demo = load_config(project / "params.yaml", ["profile=demo"])
+    assert seed.train.compile == "auto" and demo.train.compile == "auto"  # the default, in every profile
+    for device, peak in ((cpu, None), (cuda, 989e12)):
+        assert use_compile("auto", device, run_flops=run_flops(seed), peak=peak)  # 655M tokens: compile
+        assert not use_compile("auto", device, run_flops=run_flops(demo), peak=peak)  # ~10 s of FLOPs: eager
+    assert not use_compile("auto", cpu)  # nothing known about the run: eager
+    assert use_compile(True, cpu) and not use_compile(False, cuda, run_flops=run_flops(seed))
+    # Resuming near the end leaves too little to repay a compile.
+    assert not use_compile("auto", cpu, run_flops=run_flops(seed, steps=10))
+
+
+def test_a_compiled_run_takes_the_eager_steps_and_saves_the_plain_module(tiny_cfg, tokens_dir, tmp_path):
+    """train.compile=true compiles forward + loss as one module (aot_eager here: the same graph capture without
+    inductor's C++ build); the loss curve is the eager one and the checkpoint holds GPT's own keys."""
+    import safetensors.torch
+
+    from gptlab.core.model import GPT
+
+    cfg = replace(tiny_cfg, train={"max_iters": 6, "eval_interval": 6, "log_interval": 1})
+    eager = train(cfg, tokens=TokenSet.open(tokens_dir), out_dir=tmp_path / "eager")
+    compiled = train(replace(cfg, train={"compile": True}), tokens=TokenSet.open(tokens_dir),
+                     out_dir=tmp_path / "compiled", compile_backend="aot_eager")
+    assert compiled.compiled and not eager.compiled
+    losses = [[h["train/loss"] for h in r.history if "train/loss" in h] for r in (eager, compiled)]
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    keys = set(safetensors.torch.load_file(tmp_path / "compiled" / "model.safetensors"))
+    assert keys <= set(GPT(cfg.model).state_dict())  # no `_orig_mod.` or `model.` prefixes of the wrappers
+    assert compiled.checkpoint.meta["weights_sha256"] == eager.checkpoint.meta["weights_sha256"]
+    load_model(tmp_path / "compiled")

@@ -25,13 +25,17 @@ def bench(name: str, *args: str, cwd: Path) -> str:
 
 def test_bench_train_compares_gptlab_with_the_reference_loop(bpe_cache, tmp_path):
     out = bench("bench_train.py", "--smoke", cwd=tmp_path)
-    assert "| reference (nanoGPT-style) | fp32 | no |" in out and "| gptlab.core.train (seed defaults) |" in out
+    assert "| reference (nanoGPT-style) | fp32 | no |" in out and "| gptlab.core.train (seed defaults" in out
+    # What ran, read from the models: the seed shape (the test checkout's params.yaml may say anything).
+    assert "reference ran: model 6/6/384, context 512, vocab 50304" in out
+    assert "gptlab ran:    model 6/6/384, context 512, vocab 50304" in out
 
 
 def test_bench_eval_compares_the_eval_forward_with_a_training_step(tmp_path):
     out = bench("bench_eval.py", "--tokens", "2048", "--batch-size", "2", "--train-batch", "1", "--train-steps", "2",
                 cwd=tmp_path)
     assert "| train step (forward+backward+AdamW)" in out and "| eval forward (gptlab.core.evaluate)" in out
+    assert "profile seed: model 6/6/384, context 512, vocab 50304" in out and " threads of " in out
 
 
 def test_bench_tokenize_compares_gptlab_with_raw_tiktoken(bpe_cache, tmp_path):
@@ -52,3 +56,10 @@ def test_bench_tracking_measures_log_calls_with_the_server_up_and_down(tmp_path)
 def test_bench_stats_compares_the_bootstrap_with_the_eval_forward(tmp_path):
     out = bench("bench_stats.py", "--smoke", cwd=tmp_path)
     assert "| val loss + ppl + bits/byte intervals (bootstrap)" in out and "| eval forward, whole split" in out
+
+
+def test_profile_train_compares_the_compiled_variants_by_op(tmp_path):
+    out = bench("profile_train.py", "--smoke", "--ops", "3", cwd=tmp_path)
+    for variant in ("| eager |", "| compile(model) |", "| compile(forward + loss) |"):
+        assert variant in out
+    assert "model 1/2/32, context 32, vocab 50304" in out and "top 3 ops by self CPU time" in out

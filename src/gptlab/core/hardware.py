@@ -1,4 +1,5 @@
-"""What the device can do: peak FLOP/s for MFU, and whether a CPU has native bfloat16 arithmetic.
+"""What the device can do: peak FLOP/s for MFU, peak memory bandwidth, and whether a CPU has native bfloat16
+arithmetic.
 
 MFU (model FLOPs utilisation, PaLM paper §B) is the model's training FLOPs per second divided by the
 hardware's peak. The peak is the device's dense bf16 tensor throughput, the figure training runs in; a GPU
@@ -43,11 +44,57 @@ GPU_PEAK_BF16: tuple[tuple[str, float], ...] = (
 )
 
 
+# Peak memory bandwidth in bytes/s per GPU (HBM/GDDR, from the same datasheets), for the bandwidth utilisation
+# of token-by-token generation (weights + KV cache read per token / time / peak). Matched as GPU_PEAK_BF16.
+GPU_PEAK_BANDWIDTH: tuple[tuple[str, float], ...] = (
+    ("GH200", 4.0e12),  # 96 GB HBM3 (the 144 GB HBM3e version: 4.9 TB/s)
+    ("H200 NVL", 4.8e12),
+    ("H200", 4.8e12),  # H200 SXM, 141 GB HBM3e
+    ("H100 NVL", 3.9e12),
+    ("H100 PCIe", 2.0e12),
+    ("H100", 3.35e12),  # H100 SXM5 80 GB HBM3
+    ("H800", 3.35e12),
+    ("B200", 8.0e12),
+    ("B100", 8.0e12),
+    ("A100-SXM4-80GB", 2.039e12),
+    ("A100 80GB PCIe", 1.935e12),
+    ("A100", 1.555e12),  # the 40 GB versions
+    ("A800", 2.039e12),
+    ("A10", 600e9),
+    ("L40S", 864e9),
+    ("L40", 864e9),
+    ("L4", 300e9),
+    ("RTX 6000 Ada", 960e9),
+    ("RTX 4090", 1008e9),
+    ("RTX 3090", 936e9),
+    ("MI300X", 5.3e12),
+    ("MI250X", 3.2e12),
+)
+
+
+def _lookup(table: tuple[tuple[str, float], ...], name: str) -> float | None:
+    for pattern, value in table:
+        if re.search(rf"\b{re.escape(pattern)}\b", name):
+            return value
+    return None
+
+
 def gpu_peak_flops(name: str) -> float | None:
     """The dense bf16 peak of the GPU called ``name`` (as CUDA reports it), or None if it is not in the table."""
-    for pattern, peak in GPU_PEAK_BF16:
-        if re.search(rf"\b{re.escape(pattern)}\b", name):
-            return peak
+    return _lookup(GPU_PEAK_BF16, name)
+
+
+def gpu_peak_bandwidth(name: str) -> float | None:
+    """The peak memory bandwidth (bytes/s) of the GPU called ``name``, or None if it is not in the table."""
+    return _lookup(GPU_PEAK_BANDWIDTH, name)
+
+
+def peak_bandwidth(device: torch.device, override: float | None = None) -> float | None:
+    """Peak memory bandwidth (bytes/s) of one ``device``: ``override``, else the table's entry for a GPU, else None."""
+    if override is not None:
+        return override
+    if device.type == "cuda":
+        return gpu_peak_bandwidth(torch.cuda.get_device_name(device))
     return None
 
 

@@ -187,6 +187,15 @@ class GPT(nn.Module):
 
     def flops_per_token(self, context: int | None = None) -> float:
         """Training FLOPs per token: 6N for the matmuls plus 12·L·C·T for attention (PaLM paper, appendix B)."""
-        cfg = self.config
+        return self.flops_per_token_of(self.config, context)
+
+    @staticmethod
+    def flops_per_token_of(cfg: ModelConfig, context: int | None = None) -> float:
+        """:meth:`flops_per_token` of a model of shape ``cfg``, without building it."""
         T = context or cfg.block_size
-        return 6 * self.num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        C, L, V = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+        # The parameters num_params counts (position embeddings aside; lm_head is tied to wte): per block
+        # c_attn 3C² + c_proj C² + c_fc 4C² + c_proj 4C² = 12C², plus biases and LayerNorm gains.
+        per_block = 12 * C * C + 4 * C + (9 * C if cfg.bias else 0)
+        n = V * C + L * per_block + C * (2 if cfg.bias else 1)
+        return 6 * n + 12 * L * C * T

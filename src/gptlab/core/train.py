@@ -111,6 +111,10 @@ class TrainResult:
     """Time spent writing periodic checkpoints."""
     loop_seconds: float = 0.0
     """Wall time of this process's training loop (eval and checkpoints included)."""
+    compiled: bool = False
+    """Whether the loop ran ``torch.compile``d (``train.compile`` resolved)."""
+    dtype: str = "float32"
+    """The autocast dtype it ran (``train.dtype`` resolved)."""
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -240,9 +244,66 @@ def check_data(cfg: Config, tokens: TokenSet) -> None:
         raise TrainingError("the config does not fit the data:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def use_compile(setting: bool | str, device: torch.device) -> bool:
-    """``train.compile``: ``auto`` compiles on CUDA only (on CPU, compiling costs more than it saves)."""
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+# `train.compile: auto`: compile when the time compiling saves exceeds the time it costs.
+#   saved = COMPILE_SAVES × estimated eager run time;  cost = COMPILE_SECONDS.
+# COMPILE_SECONDS: inductor's first compile of the seed model (forward + backward) took ~60 s on 2 CPU cores
+# (benchmarks/bench_train.py's warmup) and tens of seconds on a GPU. COMPILE_SAVES: compiling cut the seed
+# model's CPU step by a third (1.69× → 2.58× of the reference, issue 12) and nanoGPT reports ~45% on an A100;
+# the rule takes 0.3 for both. The eager run time is estimated from FLOPs, at a throughput deliberately on the
+# high side (a short estimate only errs towards eager): ASSUMED_CPU_FLOPS is ~5× what 2 cores of a Xeon with
+# AVX512-BF16 reach on the seed model eager (974 tokens/s × 194 MFLOP/token ≈ 0.19 TFLOP/s), a GPU is taken at
+# 60% of its table peak (100 TFLOP/s when it is not in the table). So the seed run (20,000 steps × 32,768 tokens
+# × 194 MFLOP ≈ 1.3e17 FLOP: ~35 h at 1 TFLOP/s, saving ~10 h; ~3.6 min at 60% of an H200, saving 64 s) compiles
+# on either; the demo (120 × 2,048 tokens × 41 MFLOP ≈ 1e13 FLOP: ~10 s, saving ~3 s of a 60 s compile) and the
+# tests' tiny runs stay eager.
+COMPILE_SECONDS = 60.0
+COMPILE_SAVES = 0.3
+ASSUMED_CPU_FLOPS = 1e12
+ASSUMED_GPU_FLOPS = 100e12
+GPU_SHARE_OF_PEAK = 0.6
+
+
+def estimated_eager_seconds(flops: float, device: torch.device, peak: float | None = None) -> float:
+    """A quick (short-side) guess of how long ``flops`` training FLOPs take eagerly on ``device``."""
+    if device.type == "cuda":
+        rate = GPU_SHARE_OF_PEAK * peak if peak else ASSUMED_GPU_FLOPS
+    else:
+        rate = ASSUMED_CPU_FLOPS
+    return flops / rate
+
+
+def use_compile(setting: bool | str, device: torch.device, *, run_flops: float | None = None,
+                peak: float | None = None) -> bool:
+    """``train.compile``: true/false as set; ``auto`` compiles when the run is long enough to repay compiling:
+    ``COMPILE_SAVES × estimated eager seconds of run_flops > COMPILE_SECONDS`` (see the numbers above).
+    Without ``run_flops`` (nothing known about the run), ``auto`` stays eager."""
+    if setting != "auto":
+        return bool(setting)
+    if run_flops is None:
+        return False
+    return COMPILE_SAVES * estimated_eager_seconds(run_flops, device, peak) > COMPILE_SECONDS
+
+
+def run_flops(cfg: Config, *, steps: int | None = None) -> float:
+    """Training FLOPs of ``steps`` optimizer steps (default: the whole run) of ``cfg`` over all processes."""
+    per_token = GPT.flops_per_token_of(cfg.model)
+    return per_token * cfg.tokens_per_step * (cfg.train.max_iters if steps is None else steps)
+
+
+class TrainingLoss(torch.nn.Module):
+    """The training objective as one module: forward, the fp32 upcast and the cross-entropy, divided by
+    ``scale`` (the micro-batches per step). ``torch.compile`` of this sees the whole objective, so the (B, T, V)
+    logits are never a graph output and inductor may fuse the upcast into the loss's reduction rather than keep
+    bf16 and fp32 copies of 50K-way logits (a probe in issue 12 measured 3.10× against compiling the model
+    alone at 2.58×; ``benchmarks/profile_train.py`` compares the two by op)."""
+
+    def __init__(self, model: GPT, *, scale: float = 1.0):
+        super().__init__()
+        self.model = model
+        self.scale = scale
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model(idx, targets).loss / self.scale
 
 
 def train(
@@ -256,13 +317,15 @@ def train(
     resume: TrainingCheckpoint | None = None,
     init: GPT | None = None,
     dist: Dist | None = None,
+    compile_backend: str = "inductor",
 ) -> TrainResult:
     """Train ``cfg.model`` on the shards of ``tokens``; rank 0 writes the final checkpoint to ``out_dir``.
 
     ``checkpoint_dir``: where this run's periodic checkpoints go (see :func:`run_key`); none without it.
     ``resume`` (rank 0): a checkpoint from :func:`find_resume` to continue. ``init`` (rank 0): the starting
     weights ``train.init`` names (required unless it is ``scratch``). ``dist``: this process's place in a
-    torchrun job.
+    torchrun job. ``compile_backend``: torch.compile's backend when ``train.compile`` resolves to true
+    (``benchmarks/gpu_check.py --smoke`` passes ``aot_eager``: the same tracing without inductor's C++ build).
     """
     tracker = tracker or NullTracker()
     t = cfg.train
@@ -321,15 +384,18 @@ def train(
             log.info("resuming at step %d of %d from %s", progress.step, t.max_iters, resume.checkpoint.path)
     resumed_from = progress.step
 
-    compiled = use_compile(t.compile, device)
-    model = torch.compile(raw) if compiled else raw
+    peak = peak_flops(device, t.peak_flops)
+    compiled = use_compile(t.compile, device, run_flops=run_flops(cfg, steps=t.max_iters - progress.step) / d.world_size,
+                           peak=peak)
+    objective = TrainingLoss(raw, scale=local_accum)
+    model = torch.compile(objective, backend=compile_backend) if compiled else objective
     # nanoGPT's order: compile, then wrap, so eval can call the compiled module without DDP's hooks.
     ddp = None
     if d.enabled:
         ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     forward = ddp if ddp is not None else model
     # Eval mode is a second graph to compile: worth it on a GPU, not for a CPU's few eval batches.
-    eval_model = model if device.type == "cuda" else raw
+    eval_model = torch.compile(raw, backend=compile_backend) if compiled and device.type == "cuda" else raw
 
     vx, vy = spread_windows(val_tokens(tokens), block_size=cfg.model.block_size, count=t.eval_iters * t.batch_size)
     val_windows = [
@@ -337,7 +403,6 @@ def train(
         for i in range(0, len(vx), t.batch_size)
     ]
     flops_per_token = raw.flops_per_token(cfg.model.block_size)
-    peak = peak_flops(device, t.peak_flops)
     if d.is_main:
         log.info(
             "train: %.2fM parameters, %d tokens per step (%d × %d sequences × %d processes), %d steps on %s (%s%s)%s",
@@ -364,7 +429,7 @@ def train(
             if ddp is not None:
                 ddp.require_backward_grad_sync = micro == local_accum - 1  # all-reduce once per step
             with ctx:
-                loss = forward(x, y).loss / local_accum  # mean over the step's sequences
+                loss = forward(x, y)  # mean over the step's sequences, divided by local_accum
             if micro == local_accum - 1:
                 loader_state = loader.state_dict()  # a checkpoint after this step resumes from here
             x, y = loader.next(device)  # prefetch the next batch while the backward runs
@@ -447,7 +512,7 @@ def train(
         best_val_loss=progress.best_val_loss, seconds=progress.seconds, history=progress.history,
         resumed_from=resumed_from, tokens_per_sec=statistics.median(throughputs) if throughputs else None,
         mfu=last_mfu, tracking_seconds=tracking_seconds, checkpoint_seconds=checkpoint_seconds,
-        loop_seconds=now - process_start,
+        loop_seconds=now - process_start, compiled=compiled, dtype=str(dtype).removeprefix("torch."),
     )
 
 
