@@ -59,6 +59,8 @@ from gptlab.settings import (
     EvalConfig,
     GenerateConfig,
     ModelConfig,
+    ScalingConfig,
+    ServeConfig,
     TokenizeConfig,
     TrackingConfig,
     TrainConfig,
@@ -199,12 +201,15 @@ def run_config(shape: Shape, *, steps: int, device: str, compile_: bool, checkpo
                           weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, eval_interval=steps, eval_iters=1,
                           log_interval=1, seed=1337, compile=compile_, peak_flops=None, nproc_per_node=1,
                           checkpoint_interval=checkpoint_interval, resume="auto", init="scratch"),
-        eval=EvalConfig(batch_size=shape.batch_size, device=device, dtype="auto", contexts=CONTEXTS, baselines=(),
-                        lambada="none", wikitext="none", plateau_evals=5),
+        eval=EvalConfig(batch_size=shape.batch_size, device=device, dtype="auto", contexts=CONTEXTS, stride=None,
+                        baselines=(), lambada="none", wikitext="none", hellaswag="none", plateau_evals=5),
         generate=GenerateConfig(prompts=("x",), num_samples=1, max_new_tokens=1, temperature=1.0, top_k=0, top_p=1.0,
                                 seed=1337),
         tracking=TrackingConfig(experiment="gpu_check", registered_model="gpu_check", promote_margin=0.01,
-                                flush_timeout=0.0),
+                                flush_timeout=0.0, promote_alpha=0.01, promote_seeds=1),
+        serve=ServeConfig(max_new_tokens=1, max_prompt_tokens=1, max_prompts=1),
+        scaling=ScalingConfig(sizes=(), max_iters=(steps,), jobs=1, bootstrap=0, seed=0, gpu="H100", mfu=None,
+                              forecast_iters=(steps,)),
     )
 
 
