@@ -33,9 +33,10 @@ STEPS = 24
 ARGS = ["profile=demo", *TINY, f"train.max_iters={STEPS}", "train.nproc_per_node=2", "train.checkpoint_interval=5",
         "train.log_interval=1", "train.eval_interval=8"]
 # fp32 sums in a different order (the all-reduce adds two half-batch gradients, the reference one full batch):
-# after 24 AdamW steps the weights agree to ~2e-6 (measured); drawing the windows of one process instead of
-# two moves them by ~0.25.
-TOLERANCE = 1e-5
+# after 24 AdamW steps the weights agreed to ~2e-6, and to 1.05e-5 since the loss is scaled by the micro-batch
+# count inside the (optionally compiled) loss module (measured); drawing the windows of one process instead of
+# two moves them by ~0.25, so 5e-5 still tells the two apart by four orders of magnitude.
+TOLERANCE = 5e-5
 
 
 def _flow(project) -> subprocess.Popen:
