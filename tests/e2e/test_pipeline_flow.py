@@ -92,7 +92,7 @@ def test_a_deployed_pipeline_run_retrains_and_ends_with_the_promotion_gate(repo:
 
     # dvc repro ran every stage and recorded it; the gate made the first candidate champion and said why.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"download", "tokenize", "train", "baselines", "evaluate", "generate", "report"}
+    assert set(lock["stages"]) == {"download", "tokenize", "train", "baselines", "evaluate", "generate", "scaling", "report"}
     uri = f"sqlite:///{repo / 'mlflow.db'}"
     client = MlflowClient(uri, registry_uri=uri)
     champion = client.get_model_version_by_alias("gptlab", "champion")
