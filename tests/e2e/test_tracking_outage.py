@@ -89,7 +89,9 @@ def test_the_whole_pipeline_outlives_a_server_stopped_and_started_again_partway(
         act()
     out, _ = proc.communicate(timeout=1200)
     assert proc.returncode == 0, out
-    assert stages_ran(out) == ["download", "tokenize", "train", "evaluate", "baselines", "generate", "report"]
+    ran = stages_ran(out)
+    assert ran[:5] == ["download", "tokenize", "train", "evaluate", "baselines"] and ran[-1] == "report"
+    assert sorted(ran[5:-1]) == ["generate", "scaling"]
 
     synced, _ = _finish(_run(repo, "gptlab", "sync", env=env))  # what the outage kept, once the server is back
     assert all(box["left"] == 0 for box in json.loads(synced)["runs"]), synced
