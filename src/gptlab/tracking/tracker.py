@@ -22,8 +22,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from gptlab.tracking.delivery import send_model
 from gptlab.tracking.outbox import Outbox, find_outboxes, new_key, resolve
-from gptlab.tracking.registry import send_model
 from gptlab.tracking.store import Store, TrackingError, short
 
 log = logging.getLogger(__name__)
